@@ -61,7 +61,7 @@ def check_batch_norm(where, shape, *, training, has_running_mean, has_running_va
     elif not has_running_mean:
         raise ValueError(
             f"{where}: evaluation (training=False) normalizes with the running statistics, "
-            "but running_mean and running_var were not given. Pass them, or use "
+            "but got running_mean=None and running_var=None. Pass them, or use "
             "training=True to normalize with the batch's own statistics."
         )
 

@@ -34,7 +34,11 @@ def tolerance(dtype, reduction_len=1):
     ``dtype``: a NumPy dtype, a NumPy scalar type, a torch dtype or its name ("float32").
     ``reduction_len``: how many numbers each statistic reduces (``m`` in the book).
     """
-    key = np.dtype(str(dtype).replace("torch.", ""))
+    name = str(dtype).replace("torch.", "")  # torch.float32 -> "float32"
+    try:
+        key = np.dtype(dtype if not name.startswith("float") else name)
+    except TypeError:
+        key = None
     if key not in _UNIT_ROUNDOFF:
         raise ValueError(f"tolerance: expected float32 or float64, got {dtype}")
     tol = _SAFETY * _UNIT_ROUNDOFF[key] * max(1.0, math.log2(max(reduction_len, 1)))

@@ -17,7 +17,7 @@ def _replacement(layer):
     factory = dict(device=tensors[0].device, dtype=tensors[0].dtype) if tensors else {}
     ours = _REPLACEMENTS[type(layer)](
         layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-        track_running_stats=layer.track_running_stats, **factory)
+        track_running_stats=layer.track_running_stats, bias=layer.bias is not None, **factory)
     ours.load_state_dict(layer.state_dict())
     if layer.affine:  # share the Parameters themselves, so optimizers keep working
         ours.weight, ours.bias = layer.weight, layer.bias

@@ -1,0 +1,92 @@
+"""Turn a submitted notebook into the module the sandboxed child runs.
+
+Only what defines things is kept: imports, function and class definitions, and assignments
+of literal constants (``EPS = 1e-5``). Experiments, plots, self-checks and prints are dropped,
+so grading does not re-run the student's training loop. IPython magics (``%time``, ``!pip``,
+``%%capture`` cells) are removed before parsing. A cell that still does not parse is reported
+and skipped; the rest of the notebook is graded.
+
+This runs in the parent and only parses (``ast.parse``); nothing of the student's executes here.
+"""
+
+import ast
+import json
+
+
+class NotebookError(Exception):
+    """The file is not a notebook the grader can read."""
+
+
+def _strip_magics(source):
+    """Drop IPython-only lines (magics, shell escapes, help queries); keep line numbers."""
+    lines = source.splitlines()
+    if lines and lines[0].lstrip().startswith("%%"):
+        return ""  # a cell magic: the whole cell is not Python
+    kept = []
+    for line in lines:
+        stripped = line.lstrip()
+        if stripped.startswith(("%", "!")) or (stripped.endswith("?") and not stripped.startswith("#")):
+            kept.append("")
+        else:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def _is_literal(node):
+    try:
+        ast.literal_eval(node)
+        return True
+    except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+        return False
+
+
+def _keep(node):
+    if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return True
+    if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+        return _is_literal(node.value)
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        return _is_literal(node.value)
+    return False
+
+
+def code_cells(path):
+    """The code cells' sources of the notebook at ``path`` (a list of strings)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            nb = json.load(f)
+        cells = nb["cells"]
+        sources = []
+        for cell in cells:
+            if cell.get("cell_type") != "code":
+                continue
+            src = cell.get("source", "")
+            sources.append("".join(src) if isinstance(src, list) else str(src))
+        return sources
+    except FileNotFoundError:
+        raise NotebookError(f"{path}: no such file")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise NotebookError(f"{path} is not a readable Jupyter notebook ({type(exc).__name__}: {exc})")
+
+
+def extract(path):
+    """Return ``(source, notes)``: the Python module to run and notes for the report.
+
+    ``source`` concatenates the kept statements cell by cell; ``notes`` lists cells skipped
+    for a syntax error and the names each kept cell defines.
+    """
+    pieces, notes = [], []
+    for index, cell in enumerate(code_cells(path), start=1):
+        text = _strip_magics(cell)
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            notes.append(f"code cell {index} was skipped: it has a syntax error{where}: "
+                         f"{getattr(exc, 'msg', exc)}")
+            continue
+        kept = [node for node in tree.body if _keep(node)]
+        if kept:
+            module = ast.Module(body=kept, type_ignores=[])
+            pieces.append(f"# --- code cell {index}\n{ast.unparse(module)}\n")
+    return "\n".join(pieces), notes

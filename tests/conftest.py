@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Deterministic property tests with no per-example deadline (torch's first call is slow).
+settings.register_profile(
+    "bnlab", max_examples=40, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("bnlab")
+
+# Shapes of every rank BatchNorm accepts: (N, C), (N, C, L), (N, C, H, W), (N, C, D, H, W).
+SHAPES = [(16, 3), (4, 3, 5), (2, 3, 4, 5), (2, 3, 2, 3, 4)]
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def make_inputs(rng, shape, dtype=np.float64):
+    """Shifted, scaled input, random gamma/beta and a RANDOM upstream gradient."""
+    c = shape[1]
+    x = (5 * rng.standard_normal(shape) + 12).astype(dtype)
+    gamma = (1 + 0.5 * rng.standard_normal(c)).astype(dtype)
+    beta = rng.standard_normal(c).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    return x, gamma, beta, dy
