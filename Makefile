@@ -1,0 +1,53 @@
+# bnlab: the two commands are `make book` and `make test`; each sets up .venv if needed.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
+
+.PHONY: setup system-deps book test test-unit test-notebooks lab labs clean
+
+# Create the venv and install the pinned requirements and bnlab (editable), once per change
+# of requirements.txt or pyproject.toml.
+$(STAMP): requirements.txt pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "bnlab needs Python 3.11+"'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# What pip cannot bring: Debian's chromium for the book's rendering test.
+system-deps:
+	bash .ci/install-system-deps.sh
+
+# Every chapter is executed on every build (a failing cell fails the build).
+book: setup
+	rm -rf _build/.jupyter_cache _build/jupyter_execute
+	$(VENV)/bin/jupyter-book build . --all -W --keep-going
+	@echo "The book: $(CURDIR)/_build/html/index.html"
+
+# The whole suite: unit and cross-checks, autograder, lab generator, the book build with its
+# browser check, and every lab notebook (solutions and shipped labs) through nbval.
+test: setup system-deps
+	$(PY) -m pytest tests
+	$(PY) -m pytest $(NBVAL) solutions labs
+
+test-unit: setup
+	$(PY) -m pytest tests --ignore=tests/test_book.py
+
+test-notebooks: setup
+	$(PY) -m pytest $(NBVAL) solutions labs
+
+# Students: open the labs in JupyterLab.
+lab: setup
+	$(VENV)/bin/jupyter lab labs/
+
+# Regenerate the student labs from the masters in solutions/.
+labs: setup
+	$(PY) -m bnlab.labs
+
+clean:
+	rm -rf _build .pytest_cache .hypothesis
