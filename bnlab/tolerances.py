@@ -15,6 +15,11 @@ float64 (u = 1.1e-16): about 1e-13 for m = 64, far below any real mistake (the s
 the tests look for, ``eps`` outside the square root, changes outputs by about 1e-6).
 float32 (u = 6e-8): about 5e-5 for m = 64, 1e-4 for m = 4096.
 float16 / bfloat16 are not used for comparisons in this course yet.
+
+These assume inputs whose mean is not far larger than their spread (the course's tests use
+``5 * randn + 12``). Centring an input with |mean| >> std loses about log10(|mean| / std)
+digits in ANY implementation; compare such inputs with the tolerance scaled by
+``1 + |mean| / std``.
 """
 
 import math
