@@ -55,6 +55,7 @@ class QuestionResult:
     max_score: float
     feedback: list = field(default_factory=list)
     mistakes: list = field(default_factory=list)  # names of the Mistakes recognised
+    crashed: bool = False  # the sandbox's verdict (timeout, crash, load failure), not a wrong value
 
     @property
     def passed(self):
@@ -79,6 +80,15 @@ def label(question, key):
 
 def _close(a, b, tol):
     return a.shape == b.shape and bool(np.allclose(a, b, **tol))
+
+
+def _join(labels):
+    """``running_mean after call 1``, ``... after call 2`` -> ``running_mean after calls 1, 2``."""
+    if len(labels) > 1 and all(" after call " in l for l in labels):
+        head = labels[0].split(" after call ")[0]
+        if all(l.startswith(head + " ") for l in labels):
+            return f"{head} after calls {', '.join(l.rsplit(' ', 1)[1] for l in labels)}"
+    return ", ".join(labels)
 
 
 def check_output(question, key, student, reference, tol):
@@ -120,28 +130,35 @@ def evaluate(question, student, reference, mistakes, hints=None):
         error = student.error
         if isinstance(error, driver.StepError):
             msg = f"{error.function} raised {error.exc_type}: {error.message}"
-            if error.exc_type == "NotImplementedError":
+            if error.exc_type == "WrongReturn":
+                msg = f"{error.function} {error.message}"
+            elif error.exc_type == "NotImplementedError":
                 msg += " (not implemented yet)"
             elif error.exc_type == "SystemExit":
                 msg += " (sys.exit was called)"
             result.feedback.append(msg)
         else:
             result.feedback.append(str(error))
+            result.crashed = True
         return result
     tol = tolerance(next(iter(reference.outputs.values())).dtype, question.reduction_len)
+    named = {}  # mistake name -> (Mistake, labels of the outputs it explains)
     for key in question.graded:
         messages, mismatch = check_output(question, key, student, reference, tol)
         if mismatch:
             got = student.outputs[key]
-            named = [m for m, r in mistakes
-                     if key in r.outputs and not _close(r.outputs[key], reference.outputs[key], tol)
-                     and _close(got, r.outputs[key], tol)]
-            if named:
-                messages = [f"{label(question, key)} is wrong: {named[0].message}"]
-                result.mistakes.append(named[0].name)
-            elif hints is not None:
+            matches = [m for m, r in mistakes
+                       if key in r.outputs and not _close(r.outputs[key], reference.outputs[key], tol)
+                       and _close(got, r.outputs[key], tol)]
+            if matches:
+                named.setdefault(matches[0].name, (matches[0], []))[1].append(label(question, key))
+                continue
+            if hints is not None:
                 messages += hints(question, key, got)
         result.feedback += messages
+    for mistake, labels in named.values():  # one line per mistake, however many outputs show it
+        result.feedback.insert(0, f"{_join(labels)} {'is' if len(labels) == 1 else 'are'} wrong: {mistake.message}")
+        result.mistakes.append(mistake.name)
     if not result.feedback:
         result.score = question.points
     return result

@@ -94,7 +94,7 @@ def run_plan(plan, inputs, functions, *, catch=True):
             error = StepError(i, name, "WrongReturn",
                               f"returned {describe(result)}; expected a tuple ({', '.join(names)})")
             if not catch:
-                raise AssertionError(str(error))
+                raise AssertionError(f"{name} {error.message}")
             return outputs, kinds, error
         for what, value in zip(names, result):
             if what == "cache":

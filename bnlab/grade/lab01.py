@@ -46,9 +46,9 @@ def _m(shape):
     return int(np.prod(shape)) // shape[1]
 
 
-def questions():
-    """The lab's questions, with deterministic inputs."""
-    rng = np.random.default_rng(SEED)
+def questions(seed=SEED):
+    """The lab's questions, with inputs drawn deterministically from ``seed``."""
+    rng = np.random.default_rng(seed)
     qs = []
 
     def forward_question(name, title, points, shape, dtype=np.float64, affine=True):
@@ -192,3 +192,15 @@ def hints(question, key, got):
         if np.abs(sums).max() > 1e-6:
             out.append(f"in training, dx should sum to 0 over each channel (the mean path); got {sums}")
     return out
+
+
+def relate(results):
+    """The backward questions call the student's backward on their own forward's cache: say so
+    when a forward question fails too."""
+    forward_failed = [r.name for r in results if r.name.startswith("forward") and not r.passed]
+    if forward_failed:
+        for r in results:
+            if (r.name.startswith("backward") and not r.passed and not r.crashed
+                    and not any(f.startswith(f"{FORWARD} raised") for f in r.feedback)):
+                r.feedback.append(f"note: the forward pass fails too ({', '.join(forward_failed)}); "
+                                  "the backward pass uses its cache, so fix the forward first")

@@ -62,7 +62,7 @@ def buggy_forward(*, axes="channel", unbiased_norm=False, eps_outside=False,
             var = x.var(axis=red, keepdims=True, ddof=1 if unbiased_norm else 0)
             var_biased = x.var(axis=red, keepdims=True)
         else:
-            mu, var = running_mean.reshape(shape), running_var.reshape(shape)
+            mu, var = running_mean.reshape(shape), running_var.reshape(shape)  # (C,) -> (1, C, 1, ...)
         if running_mean is not None and (training or eval_updates_running):
             # statistics per channel for the running update, whatever the normalization used
             red = _reduce_axes(x.ndim, "channel") if axes != "all" else tuple(range(x.ndim))

@@ -69,24 +69,28 @@ def code_cells(path):
         raise NotebookError(f"{path} is not a readable Jupyter notebook ({type(exc).__name__}: {exc})")
 
 
-def extract(path):
-    """Return ``(source, notes)``: the Python module to run and notes for the report.
+def kept_statements(tree):
+    """The top-level statements of a parsed cell that define things (see the module docstring)."""
+    return [node for node in tree.body if _keep(node)]
 
-    ``source`` concatenates the kept statements cell by cell; ``notes`` lists cells skipped
-    for a syntax error and the names each kept cell defines.
+
+def extract(path):
+    """Return ``(cells, notes)``: ``cells`` lists ``(index, source)`` of the code cells that
+    parse (magics removed; ``index`` counts code cells from 1) and define something; ``notes``
+    lists the cells skipped for a syntax error. The child re-parses each cell and runs only
+    ``kept_statements``, compiled under the name ``<notebook cell N>`` so that tracebacks point
+    into the student's own cells.
     """
-    pieces, notes = [], []
+    cells, notes = [], []
     for index, cell in enumerate(code_cells(path), start=1):
         text = _strip_magics(cell)
         try:
             tree = ast.parse(text)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
-            where = f" line {exc.lineno}" if getattr(exc, "lineno", None) else ""
+            where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
             notes.append(f"code cell {index} was skipped: it has a syntax error{where}: "
                          f"{getattr(exc, 'msg', exc)}")
             continue
-        kept = [node for node in tree.body if _keep(node)]
-        if kept:
-            module = ast.Module(body=kept, type_ignores=[])
-            pieces.append(f"# --- code cell {index}\n{ast.unparse(module)}\n")
-    return "\n".join(pieces), notes
+        if kept_statements(tree):
+            cells.append((index, text))
+    return cells, notes
