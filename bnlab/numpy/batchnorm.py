@@ -5,8 +5,6 @@ running_mean, running_var are (C,). Statistics reduce over every axis except 1, 
 channel's statistics use m = N * prod(spatial) numbers.
 """
 
-from typing import NamedTuple, Optional
-
 import numpy as np
 
 from .._validate import (
@@ -14,31 +12,21 @@ from .._validate import (
     check_batch_norm,
     check_input,
     check_per_channel,
-    check_same_shape,
 )
-from .normalize import moments, normalize, normalize_backward
+from .normalize import (
+    channel_column,
+    channel_layout,
+    normalization_backward,
+    normalization_forward,
+    update_running,
+)
 
 
-class BatchNormCache(NamedTuple):
-    """What the backward pass needs from the forward pass."""
-
-    x_hat: np.ndarray  # (N, C, *spatial), normalized input
-    rstd: np.ndarray  # (1, C, 1, ...), 1 / sqrt(var + eps)
-    gamma: Optional[np.ndarray]  # (C,) or None when there is no scale
-    has_beta: bool  # whether there is a shift (dbeta is None without one)
-    axes: tuple  # the reduced axes, (0, 2, 3, ...)
-    training: bool  # batch statistics (depend on x) or running ones (constants)
-
-
-def _as_channel_column(v, ndim):
-    """(C,) -> (1, C, 1, ..., 1) so that it broadcasts against (N, C, *spatial)."""
-    return v.reshape((1, -1) + (1,) * (ndim - 2))
-
-
-def _check_array(name, a):
+def check_running_array(where, name, a):
+    """Running statistics are updated in place, so they must be NumPy arrays."""
     if not isinstance(a, np.ndarray):
         raise ValueError(
-            f"batch_norm_forward: expected {name} to be a NumPy array (it is updated in "
+            f"{where}: expected {name} to be a NumPy array (it is updated in "
             f"place); got {type(a).__name__}."
         )
 
@@ -52,46 +40,33 @@ def batch_norm_forward(x, gamma, beta, *, running_mean=None, running_var=None,
     running = (1 - momentum) * running + momentum * batch_stat (eq-bn-running-mean), with the
     UNBIASED batch variance for running_var (eq-bn-running-var), as torch does. In eval
     (training=False) they replace the batch statistics (eq-bn-eval).
-    Returns y with x's shape and dtype, and a BatchNormCache for batch_norm_backward.
+    Returns y with x's shape and dtype, and a NormCache for batch_norm_backward.
     """
     where = "batch_norm_forward"
     x = np.asarray(x)
-    check_input(where, x.shape, x.dtype, np.issubdtype(x.dtype, np.floating)
-                and x.dtype in (np.float32, np.float64))
-    num_channels = x.shape[1]
+    check_input(where, x.shape, x.dtype, x.dtype in (np.float32, np.float64))
     for name, v in (("gamma", gamma), ("beta", beta),
                     ("running_mean", running_mean), ("running_var", running_var)):
         if v is not None:
-            check_per_channel(where, name, np.shape(v), num_channels)
+            check_per_channel(where, name, np.shape(v), x.shape[1])
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         if v is not None:
-            _check_array(name, v)
+            check_running_array(where, name, v)
     check_batch_norm(where, x.shape, training=training,
                      has_running_mean=running_mean is not None,
                      has_running_var=running_var is not None, eps=eps)
 
-    axes = channel_reduction_axes(x.ndim)
-    if training:
-        mu, var = moments(x, axes)  # (1, C, 1, ...) each
-        if running_mean is not None:
-            m = x.size // num_channels
-            unbiased_var = var.ravel() * (m / (m - 1))
-            running_mean *= 1 - momentum
-            running_mean += momentum * mu.ravel()
-            running_var *= 1 - momentum
-            running_var += momentum * unbiased_var
-    else:
-        mu = _as_channel_column(running_mean.astype(x.dtype), x.ndim)
-        var = _as_channel_column(running_var.astype(x.dtype), x.ndim)
-    x_hat, rstd = normalize(x, mu, var, eps)
-
-    y = x_hat
-    if gamma is not None:
-        y = y * _as_channel_column(np.asarray(gamma, dtype=x.dtype), x.ndim)
-    if beta is not None:
-        y = y + _as_channel_column(np.asarray(beta, dtype=x.dtype), x.ndim)
-    gamma_cache = None if gamma is None else np.asarray(gamma, dtype=x.dtype)
-    return y, BatchNormCache(x_hat, rstd, gamma_cache, beta is not None, axes, bool(training))
+    layout = channel_layout(x.shape, x.shape, channel_reduction_axes(x.ndim))
+    stats = None  # training: the batch's own statistics
+    if not training:  # eq-bn-eval: (C,) -> (1, C, 1, ...)
+        stats = (channel_column(running_mean, x.ndim, x.dtype),
+                 channel_column(running_var, x.ndim, x.dtype))
+    y, cache, mu, var = normalization_forward(x, layout, gamma, beta, eps, stats=stats,
+                                              family="batch_norm")
+    if training and running_mean is not None:
+        update_running(running_mean, running_var, mu.ravel(), var.ravel(),
+                       x.size // x.shape[1], momentum)
+    return y, cache
 
 
 def batch_norm_backward(dy, cache):
@@ -102,24 +77,4 @@ def batch_norm_backward(dy, cache):
     which carries the paths through the batch mean and variance; in eval the statistics
     are constants and dx = dy * gamma * rstd (eq-bn-dx-eval).
     """
-    if not isinstance(cache, BatchNormCache):
-        raise ValueError(
-            "batch_norm_backward: expected the cache returned by batch_norm_forward; got "
-            f"{type(cache).__name__}."
-        )
-    x_hat, rstd, gamma, has_beta, axes, training = cache
-    dy = np.asarray(dy)
-    check_same_shape("batch_norm_backward", "dy", dy.shape, x_hat.shape)
-    dy = dy.astype(x_hat.dtype, copy=False)
-
-    dbeta = dy.sum(axis=axes) if has_beta else None
-    dgamma = None
-    dx_hat = dy  # eq-bn-dxhat: dL/dx_hat = dy * gamma
-    if gamma is not None:
-        dgamma = (dy * x_hat).sum(axis=axes)
-        dx_hat = dy * _as_channel_column(gamma, dy.ndim)
-    if training:
-        dx = normalize_backward(dx_hat, x_hat, rstd, axes)
-    else:
-        dx = dx_hat * rstd
-    return dx, dgamma, dbeta
+    return normalization_backward(dy, cache, "batch_norm")
