@@ -34,7 +34,9 @@ JUPYTER_BOOK = Path(sys.executable).with_name("jupyter-book")
 CHROMIUM = Path("/usr/bin/chromium")
 BUILD_FLAGS = ["--all", "-W", "--keep-going"]
 BUILD_TIMEOUT_S = 900
-CHAPTERS = ["book/intro", "book/forward", "book/backward", "book/training-inference"]
+CHAPTERS = ["book/intro", "book/forward", "book/backward", "book/training-inference",
+            "book/family", "book/layer-group-instance", "book/batch-renorm",
+            "book/rmsnorm-ghost"]
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -71,8 +73,10 @@ def built_html(tmp_path_factory):
 def toc_files():
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
     files = [toc["root"]]
-    for entry in toc.get("chapters", []):
-        files.append(entry["file"])
+    # jb-book: either top-level `chapters`, or `parts`, each with a caption and `chapters`.
+    for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]):
+        for entry in part["chapters"]:
+            files.append(entry["file"])
     return files
 
 
@@ -91,6 +95,15 @@ def test_chapters_are_stored_as_myst_notebooks_without_outputs():
         assert "kernelspec:" in text.split("---")[1]
         assert "```{code-cell} ipython3" in text
         assert "\nassert " in text or "assert_allclose" in text, f"{chapter}.md checks nothing"
+
+
+def test_toc_groups_the_family_into_its_own_part():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert "chapters" not in toc, "with `parts`, every chapter must sit under a part"
+    parts = {part["caption"]: [entry["file"] for entry in part["chapters"]]
+             for part in toc["parts"]}
+    assert parts["The normalization family"] == [
+        "book/family", "book/layer-group-instance", "book/batch-renorm", "book/rmsnorm-ghost"]
 
 
 def test_config_executes_every_build_and_fails_on_errors():
@@ -168,7 +181,11 @@ def test_chapters_execute_their_code(built_html):
     """The chapters' code cells ran: their printed results are in the pages."""
     for chapter, marker in [("book/forward", "max |bnlab - torch|"),
                             ("book/backward", "gradcheck passed"),
-                            ("book/training-inference", "Expected more than 1 value per channel")]:
+                            ("book/training-inference", "Expected more than 1 value per channel"),
+                            ("book/family", "GBN(V=N) == BN"),
+                            ("book/layer-group-instance", "== torch.nn.InstanceNorm2d"),
+                            ("book/batch-renorm", "== autograd with r, d detached"),
+                            ("book/rmsnorm-ghost", "applied to each virtual batch")]:
         assert marker in (built_html / f"{chapter}.html").read_text(encoding="utf-8"), chapter
 
 
