@@ -1,36 +1,52 @@
 """Self-checks for the labs: run your functions here, in the notebook, and see what is wrong.
 
+Lab 1::
+
     from bnlab import check
     check.forward_training(batch_norm_forward)
     check.running_statistics(batch_norm_forward)
     check.eval_mode(batch_norm_forward)
     check.batch_norm_backward(batch_norm_forward, batch_norm_backward)
 
-Each prints PASS or FAIL per case with the autograder's own messages (the same questions,
-mistakes and tolerances, ``bnlab.grade.core``, on inputs drawn with another seed) and raises
-``AssertionError`` when something fails. An exception raised by your function (including
-the ``NotImplementedError`` of an unfinished step) propagates, so you see your own traceback.
+Lab 2::
+
+    check.spatial_batch_norm_forward(spatial_batch_norm_forward)
+    check.spatial_batch_norm_backward(spatial_batch_norm_forward, spatial_batch_norm_backward)
+    check.layer_norm_forward(layer_norm_forward)
+    check.layer_norm_backward(layer_norm_forward, layer_norm_backward)
+    check.group_norm_forward(group_norm_forward)
+    check.group_norm_backward(group_norm_forward, group_norm_backward)
+
+Each runs the autograder's own questions of that lab that call only the functions you pass
+(the same plans, mistakes and tolerances, ``bnlab.grade.core``, on inputs drawn with another
+seed), prints PASS or FAIL per case with the grader's messages, and raises
+``AssertionError`` when something fails. An exception raised by your function (including the
+``NotImplementedError`` of an unfinished step) propagates, so you see your own traceback.
 These checks are for you: the score comes only from the out-of-process grader,
 ``python -m bnlab.grade``.
 """
 
 from bnlab.grade import core
-from bnlab.grade.driver import BACKWARD, FORWARD
 
 CHECK_SEED = 7  # not the grader's seed
 
 
-def _check(title, kinds, functions, lab="lab01"):
+def run_checks(title, lab, functions, kinds=None):
+    """Run ``lab``'s questions that call only ``functions`` (``{name: callable}``), optionally
+    only those of the given ``kinds``; print the verdicts, raise AssertionError on a failure."""
     from bnlab.grade import lab_module
     module = lab_module(lab)
     reference = module.reference()
-    selected = [q for q in module.questions(CHECK_SEED) if q.kind in kinds]
+    selected = [q for q in module.questions(CHECK_SEED)
+                if set(q.functions) <= set(functions) and (kinds is None or q.kind in kinds)]
+    assert selected, f"no check of {lab} calls only {', '.join(functions)}"
+    mistakes = [m for m in module.mistakes()]
     results = []
     for q in selected:
         student = core.run(q, functions, catch=False)  # your exception, your traceback
         expected = core.run(q, reference, catch=False)
-        mistakes = [(m, core.run(q, m.functions)) for m in module.mistakes()]
-        results.append(core.evaluate(q, student, expected, mistakes, getattr(module, "hints", None)))
+        known = [(m, core.run(q, m.functions)) for m in mistakes if m.covers(q)]
+        results.append(core.evaluate(q, student, expected, known, getattr(module, "hints", None)))
     failed = [r for r in results if not r.passed]
     print(f"{title}: {len(results) - len(failed)} of {len(results)} checks pass")
     for r in results:
@@ -43,32 +59,53 @@ def _check(title, kinds, functions, lab="lab01"):
     return True
 
 
-def _backward_unused(dy, cache):
-    raise AssertionError("this check does not call batch_norm_backward")
-
+# --- lab 1: batch_norm_forward, batch_norm_backward
 
 def forward_training(forward):
     """Forward pass in training (ranks 2 to 5, with and without gamma/beta, float32 kept)."""
-    return _check("batch_norm_forward, training", {"forward"}, {FORWARD: forward, BACKWARD: _backward_unused})
+    return run_checks("batch_norm_forward, training", "lab01", {"batch_norm_forward": forward}, {"forward"})
 
 
 def running_statistics(forward):
     """running_mean / running_var after several training calls: momentum, unbiased variance, in place."""
-    return _check("batch_norm_forward, running statistics", {"running"},
-                  {FORWARD: forward, BACKWARD: _backward_unused})
+    return run_checks("batch_norm_forward, running statistics", "lab01", {"batch_norm_forward": forward},
+                      {"running"})
 
 
 def eval_mode(forward):
     """Forward pass with training=False: running statistics used, and left unchanged."""
-    return _check("batch_norm_forward, eval mode", {"eval"}, {FORWARD: forward, BACKWARD: _backward_unused})
+    return run_checks("batch_norm_forward, eval mode", "lab01", {"batch_norm_forward": forward}, {"eval"})
 
 
 def batch_norm_forward(forward):
     """All the forward checks: training, running statistics, eval mode."""
-    return _check("batch_norm_forward", {"forward", "running", "eval"},
-                  {FORWARD: forward, BACKWARD: _backward_unused})
+    return run_checks("batch_norm_forward", "lab01", {"batch_norm_forward": forward})
 
 
 def batch_norm_backward(forward, backward):
     """Backward pass with a random upstream gradient: dx in training and eval, dgamma, dbeta."""
-    return _check("batch_norm_backward", {"backward"}, {FORWARD: forward, BACKWARD: backward})
+    return run_checks("batch_norm_backward", "lab01",
+                      {"batch_norm_forward": forward, "batch_norm_backward": backward}, {"backward"})
+
+
+# --- lab 2: spatial BatchNorm, LayerNorm, GroupNorm (a forward check, then a backward check)
+
+def _lab02_pair(name, what):
+    def forward_check(forward):
+        return run_checks(f"{name}_forward", "lab02", {f"{name}_forward": forward})
+
+    def backward_check(forward, backward):
+        return run_checks(f"{name}_backward", "lab02",
+                          {f"{name}_forward": forward, f"{name}_backward": backward}, {"backward"})
+
+    forward_check.__name__, backward_check.__name__ = f"{name}_forward", f"{name}_backward"
+    forward_check.__doc__ = f"{what}: every forward check of lab 2 (shapes, dtypes, values)."
+    backward_check.__doc__ = (f"{what}: the backward checks of lab 2, with a random upstream "
+                              "gradient (dx, dgamma, dbeta).")
+    return forward_check, backward_check
+
+
+spatial_batch_norm_forward, spatial_batch_norm_backward = _lab02_pair(
+    "spatial_batch_norm", "BatchNorm for (N, C, H, W)")
+layer_norm_forward, layer_norm_backward = _lab02_pair("layer_norm", "LayerNorm")
+group_norm_forward, group_norm_backward = _lab02_pair("group_norm", "GroupNorm")

@@ -15,7 +15,20 @@ PAIRS = labs.pairs(ROOT)
 
 
 def test_there_are_labs():
-    assert [os.path.basename(m) for m, _ in PAIRS] == ["lab01_batchnorm.ipynb"]
+    assert [os.path.basename(m) for m, _ in PAIRS] == ["lab01_batchnorm.ipynb", "lab02_normalization_family.ipynb"]
+
+
+@pytest.mark.parametrize("master,lab", PAIRS, ids=[os.path.basename(m) for m, _ in PAIRS])
+def test_lab_defines_each_graded_function_once_and_the_grader_knows_it(master, lab):
+    """The grader has a module for every lab, and the lab gives the student each graded
+    function's signature (a stub) exactly once."""
+    from bnlab.grade import LABS, lab_module
+    lab_id = os.path.basename(lab).split("_")[0]
+    assert lab_id in LABS
+    nb = nbformat.read(lab, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    for name in lab_module(lab_id).FUNCTIONS:
+        assert code.count(f"\ndef {name}(") + code.startswith(f"def {name}(") == 1, name
 
 
 @pytest.mark.parametrize("master,lab", PAIRS, ids=[os.path.basename(m) for m, _ in PAIRS])

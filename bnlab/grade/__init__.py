@@ -2,20 +2,23 @@
 
 Each notebook's definitions run in a sandboxed child process (``bnlab.grade.sandbox``) that
 returns raw outputs only; this process computes the expected values from ``bnlab.numpy`` and
-judges (``bnlab.grade.core``). See ``bnlab.grade.lab01`` for lab 1's questions and points.
+judges (``bnlab.grade.core``). Each lab is a module (``bnlab.grade.lab01``, ``lab02``) that lists
+its graded functions (``FUNCTIONS``), its questions (``questions()``: plans of calls, run by
+``bnlab.grade.driver``), the reference (``reference()``) and its named mistakes (``mistakes()``).
 
 This package's ``__init__`` imports nothing heavy: the child imports ``bnlab.grade.driver``.
 """
 
-LABS = ("lab01",)
+import importlib
+
+LABS = ("lab01", "lab02")
 
 
 def lab_module(lab):
     """The module that defines ``lab``'s questions (``questions()``, ``mistakes()``, ...)."""
-    if lab == "lab01":
-        from bnlab.grade import lab01
-        return lab01
-    raise ValueError(f"unknown lab {lab!r}; expected one of {', '.join(LABS)}")
+    if lab not in LABS:
+        raise ValueError(f"unknown lab {lab!r}; expected one of {', '.join(LABS)}")
+    return importlib.import_module(f"bnlab.grade.{lab}")
 
 
 def grade_notebooks(lab, paths, **kwargs):

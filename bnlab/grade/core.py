@@ -1,11 +1,15 @@
 """Lab-independent grading logic: questions, named mistakes, and the checks on raw outputs.
 
-A ``Question`` is a plan of calls (see ``bnlab.grade.driver``), its inputs, the outputs that
-are graded and its points. ``evaluate`` compares the raw outputs of the student's functions
+A ``Question`` is a plan of calls, each naming the graded function it calls (see
+``bnlab.grade.driver``), its inputs, the outputs that are graded and its points; every lab's
+questions are of this one type. A ``Mistake`` is a named set of wrong functions; it can explain
+the questions that call only functions it replaces. ``evaluate`` compares the raw outputs of the student's functions
 against the reference's (both produced by the same driver) in this order: an exception, a
 non-array, dtype, exact shape (no broadcasting), finiteness, values within
 ``bnlab.tolerances``; a value mismatch is then explained by the first named ``Mistake`` whose
-outputs the student's match, or else by a max-error report plus the lab's property hints.
+outputs the student's match, or else by a max-error report plus property hints
+(``property_hints``, from the question's ``Stats``). ``relate`` adds a note to a failed
+backward question whose forward questions (``requires``) fail too.
 
 Used by the out-of-process grader (``bnlab.grade``) and the in-notebook self-checks
 (``bnlab.check``), so both give the same messages.
@@ -21,22 +25,44 @@ from bnlab.tolerances import tolerance
 
 
 @dataclass
+class Stats:
+    """Where a question's statistics come from, for the property hints on a wrong output:
+    ``x`` reshaped to ``view`` reduces ``axes``; gamma and beta broadcast as ``affine``;
+    ``per`` names one statistic ("channel", "sample", "sample and group")."""
+    view: tuple
+    axes: tuple
+    affine: tuple
+    per: str
+
+
+@dataclass
 class Question:
     name: str
     title: str
     points: float
-    plan: dict
+    plan: dict             # the calls, named per step (see bnlab.grade.driver)
     inputs: dict
     graded: tuple          # output names, e.g. ("s1_dx",)
     reduction_len: int     # m: values reduced into each statistic (sets the tolerance)
-    kind: str = ""         # "forward", "backward", ...: lets a lab relate questions
+    kind: str = ""         # "forward", "backward", ...: lets a lab and bnlab.check select questions
+    requires: tuple = ()   # questions whose failure explains this one's (see ``relate``)
+    stats: Stats = None    # for the property hints (see ``property_hints``)
+
+    @property
+    def functions(self):
+        """The graded functions this question calls."""
+        return driver.functions_called(self.plan)
 
 
 @dataclass
 class Mistake:
     name: str
     message: str
-    functions: dict        # {"batch_norm_forward": f, "batch_norm_backward": g}
+    functions: dict        # {"batch_norm_forward": f, "batch_norm_backward": g}: the graded
+                           # functions it replaces; it explains only questions calling no others
+
+    def covers(self, question):
+        return set(question.functions) <= set(self.functions)
 
 
 @dataclass
@@ -70,10 +96,11 @@ _KEY = re.compile(r"s(\d+)_(\w+)")
 
 
 def label(question, key):
-    """``s1_dx`` -> ``dx``; ``s2_running_var`` -> ``running_var after call 3`` when the plan has several calls."""
+    """``s1_dx`` -> ``dx``; ``s2_running_var`` -> ``running_var after call 3`` when several of
+    the plan's calls record that buffer."""
     step, what = _KEY.fullmatch(key).groups()
-    forwards = sum(s["op"] == "forward" for s in question.plan["steps"])
-    if what.startswith("running") and forwards > 1:
+    recorded = sum(what in driver.buffer_outputs(s) for s in question.plan["steps"])
+    if recorded > 1:
         return f"{what} after call {int(step) + 1}"
     return what
 
@@ -124,7 +151,9 @@ def check_output(question, key, student, reference, tol):
 
 def evaluate(question, student, reference, mistakes, hints=None):
     """Grade one question. ``mistakes`` is a list of ``(Mistake, Run)``; ``hints(question, key,
-    got)`` may add property-based explanations for a value mismatch no mistake explains."""
+    got)`` may add explanations for a value mismatch no mistake explains (by default
+    ``property_hints``)."""
+    hints = property_hints if hints is None else hints
     result = QuestionResult(question.name, question.title, 0.0, question.points)
     if student.error is not None:
         error = student.error
@@ -153,8 +182,7 @@ def evaluate(question, student, reference, mistakes, hints=None):
             if matches:
                 named.setdefault(matches[0].name, (matches[0], []))[1].append(label(question, key))
                 continue
-            if hints is not None:
-                messages += hints(question, key, got)
+            messages += hints(question, key, got)
         result.feedback += messages
     for mistake, labels in named.values():  # one line per mistake, however many outputs show it
         result.feedback.insert(0, f"{_join(labels)} {'is' if len(labels) == 1 else 'are'} wrong: {mistake.message}")
@@ -162,3 +190,48 @@ def evaluate(question, student, reference, mistakes, hints=None):
     if not result.feedback:
         result.score = question.points
     return result
+
+
+def property_hints(question, key, got):
+    """Property checks that explain a wrong output no named mistake explains, from
+    ``question.stats``: a forward output, un-scaled, has mean 0 and variance 1 per statistic;
+    in training dx sums to 0 over each statistic (the path through the mean)."""
+    st = question.stats
+    what = key.split("_", 1)[1]
+    if st is None or got.size != int(np.prod(st.view)):
+        return []
+    out = []
+    if question.kind == "forward" and what == "y":
+        x_hat = got.astype(np.float64)
+        step = question.plan["steps"][int(key[1:].split("_")[0])]
+        names = [a.get("input") if isinstance(a, dict) else None for a in step.get("args", [])]
+        if "gamma" in names and "beta" in names:
+            x_hat = ((x_hat - question.inputs["beta"].reshape(st.affine))  # params -> affine shape
+                     / question.inputs["gamma"].reshape(st.affine))
+        x_hat = x_hat.reshape(st.view)  # x's shape -> the statistics' view
+        mean, var = x_hat.mean(axis=st.axes).ravel(), x_hat.var(axis=st.axes).ravel()
+        if np.abs(mean).max() > 1e-3:
+            out.append(f"per {st.per}, (y - beta) / gamma should have mean 0; got means {np.round(mean, 4)}")
+        if np.abs(var - 1).max() > 1e-3:
+            out.append(f"per {st.per}, (y - beta) / gamma should have variance 1 (biased); got {np.round(var, 4)}")
+    if question.kind == "backward" and what == "dx":
+        sums = got.reshape(st.view).sum(axis=st.axes).ravel()  # x's shape -> the statistics' view
+        if np.abs(sums).max() > 1e-6:
+            out.append(f"in training, dx should sum to 0 over each {st.per} (the mean path); got {sums}")
+    return out
+
+
+def relate(questions, results):
+    """A question that calls the student's backward on their own forward's cache fails when
+    that forward fails: say so on each failed question whose ``requires`` fail too (unless
+    the forward raised right there, which the feedback already says)."""
+    by_name = {q.name: q for q in questions}
+    failed = {r.name for r in results if not r.passed}
+    for q, r in zip(questions, results):
+        causes = [n for n in q.requires if n in failed]
+        if r.passed or r.crashed or not causes:
+            continue
+        before = {f for n in causes for f in by_name[n].functions}
+        if not any(f.startswith(f"{name} raised") for f in r.feedback for name in before):
+            r.feedback.append(f"note: the forward pass fails too ({', '.join(causes)}); "
+                              "the backward pass uses its cache, so fix the forward first")

@@ -1,4 +1,4 @@
-"""Replay a question's calls against a pair of functions and collect the raw outputs.
+"""Replay a question's calls against a set of functions and collect the raw outputs.
 
 One mechanism serves three callers, so they cannot drift apart:
 
@@ -9,26 +9,35 @@ One mechanism serves three callers, so they cannot drift apart:
 
 This module imports nothing but NumPy: the child imports it before the student's code runs.
 
-A question's *plan* is JSON-able::
+A question's *plan* is JSON-able. Each step names the graded function it calls, its
+arguments and the names of what it returns::
 
-    {"buffers": {"rm": "rm0", "rv": "rv0"},           # live arrays, copied from the inputs
-     "steps": [{"op": "forward", "x": "x", "gamma": "gamma", "beta": None,
-                "running_mean": "rm", "running_var": "rv",
-                "training": True, "momentum": 0.1, "eps": 1e-5},
-               {"op": "backward", "dy": "dy"}]}
+    {"buffers": {"rm": "rm0"},                       # live arrays, copied from the inputs
+     "steps": [{"call": "batch_norm_forward",
+                "args": [{"input": "x"}, {"input": "gamma"}, None],
+                "kwargs": {"running_mean": {"buffer": "rm"}, "training": True, "eps": 1e-5},
+                "returns": ["y", "cache"]},
+               {"call": "batch_norm_backward",
+                "args": [{"input": "dy"}, {"cache": 0}],
+                "returns": ["dx", "dgamma", "dbeta"]}]}
 
-Outputs are named ``s<step>_<what>``: ``s0_y``, ``s0_running_mean`` (the buffer's contents
-after the call), ``s1_dx``, ``s1_dgamma``, ``s1_dbeta``. Each output is either a plain
-``numpy.ndarray`` or, in ``kinds``, a short description of what came instead ("None", "an
-object of type list", ...). Nothing here judges the outputs.
+An argument is ``{"input": KEY}`` (a fresh copy of ``inputs[KEY]``), ``{"buffer": NAME}`` (a
+live array that persists across steps, e.g. running statistics updated in place),
+``{"cache": STEP}`` (the ``cache`` returned by an earlier step, passed as it came), or a JSON
+literal (a list arrives as a tuple, e.g. LayerNorm's ``normalized_shape``).
+
+Outputs are named ``s<step>_<what>``: every returned value except ``cache`` (``s0_y``,
+``s1_dx``, ...), and each buffer passed by keyword, as it is after the call
+(``s0_running_mean``). Each output is either a plain ``numpy.ndarray`` or, in ``kinds``, a
+short description of what came instead ("None", "an object of type list", ...). Nothing here
+judges the outputs.
 """
 
 import traceback
 
 import numpy as np
 
-FORWARD = "batch_norm_forward"
-BACKWARD = "batch_norm_backward"
+CACHE = "cache"  # the returned value passed on to later steps, never an output
 
 
 class StepError(Exception):
@@ -57,8 +66,19 @@ def as_output(value):
     return None, describe(value)
 
 
+def functions_called(plan):
+    """The names of the functions ``plan`` calls, in order of first use."""
+    return tuple(dict.fromkeys(step["call"] for step in plan["steps"]))
+
+
+def buffer_outputs(step):
+    """``{keyword: buffer name}`` for the buffers a step passes by keyword (recorded after the call)."""
+    return {k: v["buffer"] for k, v in step.get("kwargs", {}).items()
+            if isinstance(v, dict) and "buffer" in v}
+
+
 def run_plan(plan, inputs, functions, *, catch=True):
-    """Run ``plan`` with ``functions = {"batch_norm_forward": f, "batch_norm_backward": g}``.
+    """Run ``plan`` with ``functions = {name: callable}`` (every name the plan calls).
 
     Returns ``(outputs, kinds, error)``: ``outputs`` maps names to arrays, ``kinds`` maps names
     to descriptions of non-array results, ``error`` is a ``StepError`` or None. With
@@ -67,24 +87,27 @@ def run_plan(plan, inputs, functions, *, catch=True):
     """
     outputs, kinds = {}, {}
     buffers = {name: np.array(inputs[key], copy=True) for name, key in plan.get("buffers", {}).items()}
-    cache = None
+    caches = {}
 
-    def arg(key):
-        return None if key is None else np.array(inputs[key], copy=True)
+    def value(spec):
+        if isinstance(spec, dict):
+            if "input" in spec:
+                return np.array(inputs[spec["input"]], copy=True)
+            if "buffer" in spec:
+                return buffers[spec["buffer"]]
+            if CACHE in spec:
+                return caches.get(spec[CACHE])
+            raise ValueError(f"unknown argument {spec!r} in a plan")
+        if isinstance(spec, list):
+            return tuple(spec)
+        return spec
 
     for i, step in enumerate(plan["steps"]):
-        name = FORWARD if step["op"] == "forward" else BACKWARD
+        name, names = step["call"], step["returns"]
         try:
-            if step["op"] == "forward":
-                result = functions[FORWARD](
-                    arg(step["x"]), arg(step.get("gamma")), arg(step.get("beta")),
-                    running_mean=buffers.get(step.get("running_mean")),
-                    running_var=buffers.get(step.get("running_var")),
-                    training=step["training"], momentum=step["momentum"], eps=step["eps"])
-                names = ("y", "cache")
-            else:
-                result = functions[BACKWARD](arg(step["dy"]), cache)
-                names = ("dx", "dgamma", "dbeta")
+            args = [value(a) for a in step.get("args", [])]
+            kwargs = {k: value(v) for k, v in step.get("kwargs", {}).items()}
+            result = functions[name](*args, **kwargs)
         except BaseException as exc:  # SystemExit included: a verdict, not the end of grading
             if not catch:
                 raise
@@ -96,16 +119,15 @@ def run_plan(plan, inputs, functions, *, catch=True):
             if not catch:
                 raise AssertionError(f"{name} {error.message}")
             return outputs, kinds, error
-        for what, value in zip(names, result):
-            if what == "cache":
-                cache = value
+        for what, item in zip(names, result):
+            if what == CACHE:
+                caches[i] = item
                 continue
-            array, kind = as_output(value)
+            array, kind = as_output(item)
             if array is not None:
                 outputs[f"s{i}_{what}"] = array
             else:
                 kinds[f"s{i}_{what}"] = kind
-        for what in ("running_mean", "running_var"):
-            if step.get(what) is not None:
-                outputs[f"s{i}_{what}"] = np.array(buffers[step[what]], copy=True)
+        for what, buffer in buffer_outputs(step).items():
+            outputs[f"s{i}_{what}"] = np.array(buffers[buffer], copy=True)
     return outputs, kinds, None

@@ -1,7 +1,7 @@
 """Grade notebooks: sandboxed run, comparison against the reference, reports (table, JSON, CSV)."""
 
 import csv
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 import json
 import os
 
@@ -41,7 +41,8 @@ class Expected:
         reference = self.module.reference()
         self.reference = {q.name: core.run(q, reference, catch=False) for q in self.questions}
         mistakes = self.module.mistakes()
-        self.mistakes = {q.name: [(m, core.run(q, m.functions)) for m in mistakes] for q in self.questions}
+        self.mistakes = {q.name: [(m, core.run(q, m.functions)) for m in mistakes if m.covers(q)]
+                         for q in self.questions}
 
 
 def grade_notebook(lab, path, limits=Limits(), expected=None):
@@ -58,9 +59,7 @@ def grade_notebook(lab, path, limits=Limits(), expected=None):
     notes += child.load_errors
     results = []
     for q in expected.questions:
-        needed = {s["op"] for s in q.plan["steps"]}
-        missing = [f for f in child.missing
-                   if (f.endswith("forward") and "forward" in needed) or (f.endswith("backward") and "backward" in needed)]
+        missing = [f for f in child.missing if f in q.functions]
         if missing:
             results.append(core.QuestionResult(q.name, q.title, 0.0, q.points, [
                 f"{', '.join(missing)} is not defined in the notebook (a function with this exact "
@@ -69,8 +68,7 @@ def grade_notebook(lab, path, limits=Limits(), expected=None):
         student = core.Run(*child.runs[q.name])
         results.append(core.evaluate(q, student, expected.reference[q.name],
                                      expected.mistakes[q.name], getattr(module, "hints", None)))
-    if hasattr(module, "relate"):
-        module.relate(results)
+    core.relate(expected.questions, results)
     score = float(sum(r.score for r in results))
     return Report(lab, str(path), score, max_score, "graded", results, notes)
 

@@ -10,12 +10,12 @@ in the parent process, never sent to the child).
 
 import numpy as np
 
-from bnlab.grade.core import Mistake, Question
-from bnlab.grade.driver import BACKWARD, FORWARD
+from bnlab.grade.core import Mistake, Question, Stats
 from bnlab.grade.mistakes import buggy_backward, buggy_forward
 
 LAB = "lab01"
-FUNCTIONS = (FORWARD, BACKWARD)
+FORWARD, BACKWARD = "batch_norm_forward", "batch_norm_backward"
+FUNCTIONS = (FORWARD, BACKWARD)  # the graded functions
 SEED = 20240101
 
 
@@ -25,10 +25,29 @@ def reference():
     return {FORWARD: batch_norm_forward, BACKWARD: batch_norm_backward}
 
 
-def _forward_step(x="x", gamma="gamma", beta="beta", rm=None, rv=None, training=True,
-                  momentum=0.1, eps=1e-5):
-    return dict(op="forward", x=x, gamma=gamma, beta=beta, running_mean=rm, running_var=rv,
-                training=training, momentum=momentum, eps=eps)
+def inp(key):
+    """A plan argument: a fresh copy of ``inputs[key]`` (None stays None)."""
+    return None if key is None else {"input": key}
+
+
+def forward_step(x="x", gamma="gamma", beta="beta", rm=None, rv=None, training=True,
+                 momentum=0.1, eps=1e-5, function=FORWARD):
+    """A plan step calling a BatchNorm forward with lab 1's signature (also lab 2's spatial one)."""
+    kwargs = dict(training=training, momentum=momentum, eps=eps)
+    if rm is not None:
+        kwargs.update(running_mean={"buffer": rm}, running_var={"buffer": rv})
+    return dict(call=function, args=[inp(x), inp(gamma), inp(beta)], kwargs=kwargs,
+                returns=["y", "cache"])
+
+
+def backward_step(step=0, dy="dy", function=BACKWARD):
+    """A plan step calling a backward ``function(dy, cache)`` on the cache of plan step ``step``."""
+    return dict(call=function, args=[inp(dy), {"cache": step}], returns=["dx", "dgamma", "dbeta"])
+
+
+def bn_stats(shape):
+    """BatchNorm's statistics, for the property hints: per channel, every axis but 1."""
+    return Stats(shape, (0,) + tuple(range(2, len(shape))), (1, -1) + (1,) * (len(shape) - 2), "channel")
 
 
 def _tensors(rng, shape, dtype=np.float64, affine=True):
@@ -54,8 +73,9 @@ def questions(seed=SEED):
     def forward_question(name, title, points, shape, dtype=np.float64, affine=True):
         inputs = _tensors(rng, shape, dtype, affine)
         g, b = ("gamma", "beta") if affine else (None, None)
-        plan = dict(steps=[_forward_step(gamma=g, beta=b)])
-        qs.append(Question(name, title, points, plan, inputs, ("s0_y",), _m(shape), "forward"))
+        plan = dict(steps=[forward_step(gamma=g, beta=b)])
+        qs.append(Question(name, title, points, plan, inputs, ("s0_y",), _m(shape), "forward",
+                           stats=bn_stats(shape)))
 
     forward_question("forward_2d", "forward, training, (N, C) with gamma and beta", 2, (16, 5))
     forward_question("forward_4d", "forward, training, (N, C, H, W)", 2, (6, 3, 4, 5))
@@ -72,7 +92,7 @@ def questions(seed=SEED):
     inputs.update(gamma=(1 + 0.5 * rng.standard_normal(3)), beta=rng.standard_normal(3),
                   rm0=np.zeros(3), rv0=np.ones(3))
     plan = dict(buffers=dict(rm="rm0", rv="rv0"),
-                steps=[_forward_step(x=f"x{i}", rm="rm", rv="rv", momentum=mom)
+                steps=[forward_step(x=f"x{i}", rm="rm", rv="rv", momentum=mom)
                        for i, mom in enumerate((0.1, 0.1, 0.25))])
     for what, title, points in (("running_mean", "running_mean after 3 training calls (in place)", 1),
                                 ("running_var", "running_var after 3 training calls (unbiased, in place)", 2)):
@@ -83,32 +103,34 @@ def questions(seed=SEED):
     shape = (10, 3, 4, 4)
     inputs = _tensors(rng, shape)
     inputs.update(rm=12 + rng.standard_normal(3), rv=25 * (1 + 0.3 * rng.random(3)))
-    plan = dict(buffers=dict(rm="rm", rv="rv"), steps=[_forward_step(rm="rm", rv="rv", training=False)])
+    plan = dict(buffers=dict(rm="rm", rv="rv"), steps=[forward_step(rm="rm", rv="rv", training=False)])
     qs.append(Question("eval_mode", "eval mode (training=False): running statistics, left unchanged", 2,
                        plan, inputs, ("s0_y", "s0_running_mean", "s0_running_var"), _m(shape), "eval"))
 
     # Backward in training, random dy.
     shape = (6, 4, 3, 5)
     inputs = _tensors(rng, shape)
-    plan = dict(steps=[_forward_step(), dict(op="backward", dy="dy")])
+    plan = dict(steps=[forward_step(), backward_step()])
+    forwards = ("forward_2d", "forward_4d", "forward_no_affine", "forward_5d_float32")
     qs.append(Question("backward_dx", "backward, training, (N, C, H, W): dx (random dy)", 3,
-                       plan, inputs, ("s1_dx",), _m(shape), "backward"))
+                       plan, inputs, ("s1_dx",), _m(shape), "backward", forwards, bn_stats(shape)))
     qs.append(Question("backward_params", "backward, training: dgamma and dbeta", 2,
-                       plan, inputs, ("s1_dgamma", "s1_dbeta"), _m(shape), "backward"))
+                       plan, inputs, ("s1_dgamma", "s1_dbeta"), _m(shape), "backward", forwards))
 
     shape = (12, 5)
     inputs = _tensors(rng, shape, affine=False)
-    plan = dict(steps=[_forward_step(gamma=None, beta=None), dict(op="backward", dy="dy")])
+    plan = dict(steps=[forward_step(gamma=None, beta=None), backward_step()])
     qs.append(Question("backward_no_affine", "backward, (N, C), gamma = beta = None: dx, and None for dgamma, dbeta", 1,
-                       plan, inputs, ("s1_dx", "s1_dgamma", "s1_dbeta"), _m(shape), "backward"))
+                       plan, inputs, ("s1_dx", "s1_dgamma", "s1_dbeta"), _m(shape), "backward",
+                       forwards, bn_stats(shape)))
 
     shape = (5, 3, 8)
     inputs = _tensors(rng, shape)
     inputs.update(rm=12 + rng.standard_normal(3), rv=25 * (1 + 0.3 * rng.random(3)))
     plan = dict(buffers=dict(rm="rm", rv="rv"),
-                steps=[_forward_step(rm="rm", rv="rv", training=False), dict(op="backward", dy="dy")])
+                steps=[forward_step(rm="rm", rv="rv", training=False), backward_step()])
     qs.append(Question("backward_eval", "backward in eval mode: dx (eq-bn-dx-eval)", 1,
-                       plan, inputs, ("s1_dx",), _m(shape), "backward"))
+                       plan, inputs, ("s1_dx",), _m(shape), "backward", forwards))
     return qs
 
 
@@ -166,41 +188,3 @@ def mistakes():
         _mistake("param_grads_mean", "dgamma and dbeta were averaged over the batch; they are sums "
                  "over every axis except 1 (eq-bn-dgamma, eq-bn-dbeta)", backward=dict(param_mean=True)),
     ]
-
-
-def _channel_axes(a):
-    return (0,) + tuple(range(2, a.ndim))
-
-
-def hints(question, key, got):
-    """Property checks that explain a wrong output no named mistake explains."""
-    out = []
-    what = key.split("_", 1)[1]
-    if question.kind == "forward" and what == "y":
-        x_hat = got.astype(np.float64)
-        if "gamma" in question.plan["steps"][0] and question.plan["steps"][0]["gamma"]:
-            shape = (1, -1) + (1,) * (got.ndim - 2)  # (C,) -> (1, C, 1, ...)
-            x_hat = (x_hat - question.inputs["beta"].reshape(shape)) / question.inputs["gamma"].reshape(shape)
-        mean = x_hat.mean(axis=_channel_axes(got))
-        var = x_hat.var(axis=_channel_axes(got))
-        if np.abs(mean).max() > 1e-3:
-            out.append(f"per channel, (y - beta) / gamma should have mean 0; got means {np.round(mean, 4)}")
-        if np.abs(var - 1).max() > 1e-3:
-            out.append(f"per channel, (y - beta) / gamma should have variance 1 (biased); got {np.round(var, 4)}")
-    if question.kind == "backward" and what == "dx" and question.name != "backward_eval":
-        sums = got.sum(axis=_channel_axes(got))
-        if np.abs(sums).max() > 1e-6:
-            out.append(f"in training, dx should sum to 0 over each channel (the mean path); got {sums}")
-    return out
-
-
-def relate(results):
-    """The backward questions call the student's backward on their own forward's cache: say so
-    when a forward question fails too."""
-    forward_failed = [r.name for r in results if r.name.startswith("forward") and not r.passed]
-    if forward_failed:
-        for r in results:
-            if (r.name.startswith("backward") and not r.passed and not r.crashed
-                    and not any(f.startswith(f"{FORWARD} raised") for f in r.feedback)):
-                r.feedback.append(f"note: the forward pass fails too ({', '.join(forward_failed)}); "
-                                  "the backward pass uses its cache, so fix the forward first")
