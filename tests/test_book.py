@@ -18,7 +18,6 @@ import functools
 import html.parser
 import http.server
 import json
-import os
 import re
 import shutil
 import subprocess
