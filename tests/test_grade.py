@@ -332,3 +332,15 @@ def test_forged_reply_is_not_trusted(tmp_path, expected):
     report = grader.grade_notebook("lab01", path, LIMITS, expected)
     assert failing(report) == BACKWARD, grader.format_table(report)
     assert any("could not be read back" in f for f in by_question(report)["backward_dx"].feedback)
+
+
+def test_corrupt_reply_file_is_not_trusted(tmp_path, expected):
+    """A reply that is not even a zip file (written by the student, then exit) gets a verdict."""
+    forge = ("    import os\n"
+             "    open('out/backward_dx.npz', 'wb').write(b'PK\x03\x04 truncated zip')\n"
+             "    os._exit(0)")
+    path = make_submission(tmp_path, "corrupt", [(BACKWARD_FIRST_LINE, forge)])
+    report = grader.grade_notebook("lab01", path, LIMITS, expected)
+    assert report.status == "graded", report.notes
+    assert failing(report) == BACKWARD, grader.format_table(report)
+    assert any("could not be read back" in f for f in by_question(report)["backward_dx"].feedback)

@@ -155,7 +155,7 @@ def test_crash_gets_a_verdict_and_the_rest_is_graded(graded):
 def test_classic_mistake_loses_its_points_and_is_named(graded, name):
     _, broken, mistake, named_in = MISTAKES[name]
     report = graded[name]
-    assert report.status == "graded"
+    assert report.status == "graded", report.notes
     assert failing(report) == broken, grader.format_table(report)
     assert report.score == sum(q.max_score for q in report.questions if q.name not in broken)
     message = next(m for m in lab02.mistakes() if m.name == mistake).message

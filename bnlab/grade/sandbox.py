@@ -79,8 +79,11 @@ def _read_reply(path):
     """``(arrays, meta)`` from a child's .npz, or raise ValueError when it is not a valid reply."""
     if os.path.getsize(path) > MAX_REPLY_BYTES:
         raise ValueError("reply too large")
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {k: data[k] for k in data.files}
+    try:  # the file came from the child, which ran student code: anything can be in it
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:  # BadZipFile, EOFError, pickled objects refused, ...
+        raise ValueError(f"not a valid .npz reply ({type(exc).__name__}: {exc})") from exc
     meta = arrays.pop("__meta__", None)
     if meta is None or meta.dtype.kind != "U" or meta.shape != ():
         raise ValueError("reply without metadata")
