@@ -4,6 +4,7 @@ import csv
 from dataclasses import dataclass, field
 import json
 import os
+import traceback
 
 from bnlab.grade import core, lab_module
 from bnlab.grade.notebook import NotebookError, extract
@@ -85,8 +86,10 @@ def grade_notebooks(lab, paths, limits=Limits(), jobs=1):
             return grade_notebook(lab, path, limits, expected)
         except Exception as exc:  # a bug of ours: report it for this notebook and go on
             results = [core.QuestionResult(q.name, q.title, 0.0, q.points) for q in expected.questions]
+            where = traceback.format_exc(limit=-3)  # the last frames, so the bug can be found
             return Report(lab, str(path), 0.0, float(sum(q.points for q in expected.questions)),
-                          "grader_error", results, [f"grader error: {type(exc).__name__}: {exc}"])
+                          "grader_error", results,
+                          [f"grader error: {type(exc).__name__}: {exc}", where])
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, paths))
