@@ -10,10 +10,10 @@ import numpy as np
 from .._validate import (
     channel_reduction_axes,
     check_batch_norm,
-    check_input,
-    check_per_channel,
 )
 from .normalize import (
+    as_floating_input,
+    check_channel_params,
     channel_column,
     channel_layout,
     normalization_backward,
@@ -43,12 +43,9 @@ def batch_norm_forward(x, gamma, beta, *, running_mean=None, running_var=None,
     Returns y with x's shape and dtype, and a NormCache for batch_norm_backward.
     """
     where = "batch_norm_forward"
-    x = np.asarray(x)
-    check_input(where, x.shape, x.dtype, x.dtype in (np.float32, np.float64))
-    for name, v in (("gamma", gamma), ("beta", beta),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        if v is not None:
-            check_per_channel(where, name, np.shape(v), x.shape[1])
+    x = as_floating_input(where, x, max_rank=5)
+    check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
+                         running_var=running_var)
     for name, v in (("running_mean", running_mean), ("running_var", running_var)):
         if v is not None:
             check_running_array(where, name, v)

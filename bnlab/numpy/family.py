@@ -28,25 +28,19 @@ from .._validate import (
     check_normalized_shape,
     check_num_groups,
     check_param_shape,
-    check_per_channel,
     check_batch_norm,
     check_virtual_batch,
 )
 from .normalize import (
     Layout,
     as_floating_input,
+    check_channel_params,
     channel_column,
     channel_layout,
     normalization_backward,
     normalization_forward,
     update_running,
 )
-
-
-def _check_channel_params(where, x, **params):
-    for name, v in params.items():
-        if v is not None:
-            check_per_channel(where, name, np.shape(v), x.shape[1])
 
 
 def _trailing_layout(where, x, normalized_shape, gamma, beta=None):
@@ -106,7 +100,7 @@ def group_norm_forward(x, num_groups, gamma, beta, *, eps=1e-5):
     where = "group_norm_forward"
     x = as_floating_input(where, x)
     check_num_groups(where, x.shape[1], num_groups)
-    _check_channel_params(where, x, gamma=gamma, beta=beta)
+    check_channel_params(where, x, gamma=gamma, beta=beta)
     check_group_norm_size(where, x.shape, num_groups)
     y, cache, _, _ = normalization_forward(x, _group_layout(x.shape, num_groups), gamma, beta,
                                            eps, family="group_norm")
@@ -132,7 +126,7 @@ def instance_norm_forward(x, gamma, beta, *, running_mean=None, running_var=None
     """
     where = "instance_norm_forward"
     x = as_floating_input(where, x)
-    _check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
+    check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
                           running_var=running_var)
     check_instance_norm(where, x.shape, use_input_stats=use_input_stats,
                         has_running_mean=running_mean is not None,
@@ -197,7 +191,7 @@ def ghost_batch_norm_forward(x, gamma, beta, *, virtual_batch_size, running_mean
     """
     where = "ghost_batch_norm_forward"
     x = as_floating_input(where, x, max_rank=5)
-    _check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
+    check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
                           running_var=running_var)
     check_virtual_batch(where, x.shape, virtual_batch_size, training=training)
     ghost_shape = (virtual_batch_size,) + x.shape[1:]  # the shape BatchNorm sees per virtual batch

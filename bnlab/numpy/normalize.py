@@ -10,7 +10,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from .._validate import check_input, check_same_shape
+from .._validate import check_input, check_per_channel, check_same_shape
 
 
 def moments(x, axes):
@@ -95,6 +95,13 @@ def as_floating_input(where, x, min_rank=2, max_rank=None):
     x = np.asarray(x)
     check_input(where, x.shape, x.dtype, x.dtype in (np.float32, np.float64), min_rank, max_rank)
     return x
+
+
+def check_channel_params(where, x, **params):
+    """Each given per-channel array (gamma=..., running_mean=...) must have shape (C,)."""
+    for name, v in params.items():
+        if v is not None:
+            check_per_channel(where, name, np.shape(v), x.shape[1])
 
 
 def normalization_forward(x, layout, gamma, beta, eps, *, family, stats=None,

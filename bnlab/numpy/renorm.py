@@ -16,12 +16,12 @@ from .._renorm import batch_renorm_schedule
 from .._validate import (
     channel_reduction_axes,
     check_batch_norm,
-    check_input,
-    check_per_channel,
     check_renorm,
 )
 from .batchnorm import batch_norm_backward, check_running_array
 from .normalize import (
+    as_floating_input,
+    check_channel_params,
     NormCache,
     channel_column,
     channel_layout,
@@ -59,12 +59,9 @@ def batch_renorm_forward(x, gamma, beta, *, running_mean=None, running_var=None,
     Evaluation (training=False) is BatchNorm's: the running statistics, r = 1, d = 0.
     """
     where = "batch_renorm_forward"
-    x = np.asarray(x)
-    check_input(where, x.shape, x.dtype, x.dtype in (np.float32, np.float64))
-    for name, v in (("gamma", gamma), ("beta", beta),
-                    ("running_mean", running_mean), ("running_var", running_var)):
-        if v is not None:
-            check_per_channel(where, name, np.shape(v), x.shape[1])
+    x = as_floating_input(where, x, max_rank=5)
+    check_channel_params(where, x, gamma=gamma, beta=beta, running_mean=running_mean,
+                         running_var=running_var)
     check_renorm(where, rmax=rmax, dmax=dmax, has_running_mean=running_mean is not None,
                  has_running_var=running_var is not None)
     check_running_array(where, "running_mean", running_mean)
