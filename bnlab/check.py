@@ -17,6 +17,12 @@ Lab 2::
     check.group_norm_forward(group_norm_forward)
     check.group_norm_backward(group_norm_forward, group_norm_backward)
 
+Lab 3 (not ``answers``: its key is the grader's)::
+
+    check.ghost_batches(ghost_batches)
+    check.batch_statistics_noise(batch_statistics_noise)
+    check.scaled_learning_rate(scaled_learning_rate)
+
 Each runs the autograder's own questions of that lab that call only the functions you pass
 (the same plans, mistakes and tolerances, ``bnlab.grade.core``, on inputs drawn with another
 seed), prints PASS or FAIL per case with the grader's messages, and raises
@@ -109,3 +115,20 @@ spatial_batch_norm_forward, spatial_batch_norm_backward = _lab02_pair(
     "spatial_batch_norm", "BatchNorm for (N, C, H, W)")
 layer_norm_forward, layer_norm_backward = _lab02_pair("layer_norm", "LayerNorm")
 group_norm_forward, group_norm_backward = _lab02_pair("group_norm", "GroupNorm")
+
+
+# --- lab 3: the batch-size lab's measurements (the answers are graded only by the grader)
+
+def ghost_batches(ghost):
+    """Consecutive batches of (N, C) data, the remainder dropped."""
+    return run_checks("ghost_batches", "lab03", {"ghost_batches": ghost})
+
+
+def batch_statistics_noise(noise):
+    """The relative noise of the batch mean, per channel (it may call your ghost_batches)."""
+    return run_checks("batch_statistics_noise", "lab03", {"batch_statistics_noise": noise})
+
+
+def scaled_learning_rate(scale):
+    """The linear scaling rule for an array of batch sizes."""
+    return run_checks("scaled_learning_rate", "lab03", {"scaled_learning_rate": scale})

@@ -2,7 +2,7 @@
 
 Each notebook's definitions run in a sandboxed child process (``bnlab.grade.sandbox``) that
 returns raw outputs only; this process computes the expected values from ``bnlab.numpy`` and
-judges (``bnlab.grade.core``). Each lab is a module (``bnlab.grade.lab01``, ``lab02``) that lists
+judges (``bnlab.grade.core``). Each lab is a module (``bnlab.grade.lab01``, ``lab02``, ``lab03``) that lists
 its graded functions (``FUNCTIONS``), its questions (``questions()``: plans of calls, run by
 ``bnlab.grade.driver``), the reference (``reference()``) and its named mistakes (``mistakes()``).
 
@@ -11,7 +11,7 @@ This package's ``__init__`` imports nothing heavy: the child imports ``bnlab.gra
 
 import importlib
 
-LABS = ("lab01", "lab02")
+LABS = ("lab01", "lab02", "lab03")
 
 
 def lab_module(lab):

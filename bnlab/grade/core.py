@@ -47,6 +47,9 @@ class Question:
     kind: str = ""         # "forward", "backward", ...: lets a lab and bnlab.check select questions
     requires: tuple = ()   # questions whose failure explains this one's (see ``relate``)
     stats: Stats = None    # for the property hints (see ``property_hints``)
+    item: int = None       # grade only entry [item] of each graded output (after the shape
+                           # check): one returned array of answers makes several questions
+    secret: bool = False   # an answer key: a wrong value's feedback never shows the expected one
 
     @property
     def functions(self):
@@ -133,16 +136,21 @@ def check_output(question, key, student, reference, tol):
     if key not in student.outputs:
         return [f"{name} was not returned"], False
     got = student.outputs[key]
-    if got.dtype != expected.dtype:
-        return [f"{name} has dtype {got.dtype}, expected {expected.dtype} "
-                f"(the output keeps the input's floating dtype)"], False
+    integers = got.dtype.kind in "iu" and expected.dtype.kind in "iu"  # compared by value
+    if got.dtype != expected.dtype and not integers:
+        why = " (the output keeps the input's floating dtype)" if expected.dtype.kind == "f" else ""
+        return [f"{name} has dtype {got.dtype}, expected {expected.dtype}{why}"], False
     if got.shape != expected.shape:
         return [f"{name} has shape {got.shape}, expected {expected.shape}"], False
     bad = ~np.isfinite(got)
     if bad.any():
         return [f"{name} contains {int(bad.sum())} non-finite values (NaN or inf) out of {got.size}"], False
+    if question.item is not None:
+        name, got, expected = f"{name}[{question.item}]", got[question.item], expected[question.item]
     if _close(got, expected, tol):
         return [], False
+    if question.secret:
+        return [f"{name} is not the right answer"], True
     err = np.abs(got.astype(np.float64) - expected)
     where = np.unravel_index(int(np.argmax(err)), err.shape)
     return [f"{name} is wrong: max abs error {err.max():.3g} at index {tuple(int(i) for i in where)} "
@@ -170,7 +178,8 @@ def evaluate(question, student, reference, mistakes, hints=None):
             result.feedback.append(str(error))
             result.crashed = True
         return result
-    tol = tolerance(next(iter(reference.outputs.values())).dtype, question.reduction_len)
+    dtype = next(iter(reference.outputs.values())).dtype
+    tol = tolerance(dtype, question.reduction_len) if dtype.kind == "f" else dict(rtol=0.0, atol=0.0)
     named = {}  # mistake name -> (Mistake, labels of the outputs it explains)
     for key in question.graded:
         messages, mismatch = check_output(question, key, student, reference, tol)

@@ -26,6 +26,9 @@ live array that persists across steps, e.g. running statistics updated in place)
 ``{"cache": STEP}`` (the ``cache`` returned by an earlier step, passed as it came), or a JSON
 literal (a list arrives as a tuple, e.g. LayerNorm's ``normalized_shape``).
 
+``returns`` is a list when the function returns a tuple (one name per item), or a single name
+(a string) when it returns one value, e.g. ``"returns": "lr"`` for an array of learning rates.
+
 Outputs are named ``s<step>_<what>``: every returned value except ``cache`` (``s0_y``,
 ``s1_dx``, ...), and each buffer passed by keyword, as it is after the call
 (``s0_running_mean``). Each output is either a plain ``numpy.ndarray`` or, in ``kinds``, a
@@ -104,10 +107,13 @@ def run_plan(plan, inputs, functions, *, catch=True):
 
     for i, step in enumerate(plan["steps"]):
         name, names = step["call"], step["returns"]
+        single = isinstance(names, str)  # the function returns one value, not a tuple
+        names = [names] if single else names
         try:
             args = [value(a) for a in step.get("args", [])]
             kwargs = {k: value(v) for k, v in step.get("kwargs", {}).items()}
             result = functions[name](*args, **kwargs)
+            result = (result,) if single else result
         except BaseException as exc:  # SystemExit included: a verdict, not the end of grading
             if not catch:
                 raise
