@@ -5,6 +5,12 @@
 * ``training``: one seeded, deterministic training loop and evaluation, progress bars.
 * ``plotting``: one plot style for every figure.
 
+Measurements used by single chapters live in their own modules, imported from there:
+``activations`` (what a layer receives, percentile traces), ``variance_shift`` (dropout
+before BatchNorm), ``landscape`` (loss and gradient along the gradient, noisy BatchNorm),
+``overhead`` (saved-activation bytes, step times, folding) and ``inference`` (precise
+BatchNorm statistics, EMA tracking, train-mode accuracy).
+
 Every run takes a ``seed``; the same seed gives bit-identical results on the same machine
 and thread count (``seeded`` fixes torch's, NumPy's and Python's generators).
 """
