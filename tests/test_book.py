@@ -95,7 +95,8 @@ def test_chapters_are_stored_as_myst_notebooks_without_outputs():
         assert text.startswith("---\njupytext:"), f"{chapter}.md lacks jupytext front matter"
         assert "kernelspec:" in text.split("---")[1]
         assert "```{code-cell} ipython3" in text
-        assert "\nassert " in text or "assert_allclose" in text, f"{chapter}.md checks nothing"
+        assert re.search(r"^\s*(assert |\S*assert_(allclose|close)\()", text, re.M), (
+            f"{chapter}.md checks nothing")
 
 
 def test_toc_groups_the_family_into_its_own_part():
@@ -165,9 +166,9 @@ def test_pages_load_nothing_remote_and_mathjax_once(built_html):
         assert not re.search(r"url\(\s*['\"]?(https?:)?//", text), page
     for chapter in CHAPTERS:
         parsed = scan(built_html / f"{chapter}.html")
-        assert parsed.mathjax_scripts == 1, (
-            f"{chapter}: expected exactly one MathJax script tag, found {parsed.mathjax_scripts}")
-        assert parsed.math_blocks > 0, f"{chapter}: no math found in the built page"
+        expected = 1 if parsed.math_blocks else 0  # Sphinx adds MathJax only where there is math
+        assert parsed.mathjax_scripts == expected, (
+            f"{chapter}: expected {expected} MathJax script tag(s), found {parsed.mathjax_scripts}")
     # MathJax and its CHTML fonts are served from the book itself.
     mathjax = built_html / "_static" / "mathjax"
     assert (mathjax / "tex-chtml.js").is_file()
@@ -286,7 +287,8 @@ def test_math_is_typeset_offline(chapter, built_html, server, tmp_path):
 
     remote = sorted(url for url in requested if not url.startswith(server))
     assert not remote, f"{chapter}: the page requested remote resources: {remote}"
-    assert any("mathjax/tex-chtml.js" in url for url in requested)
+    if expected:
+        assert any("mathjax/tex-chtml.js" in url for url in requested)
 
 
 THROWAWAY_CHAPTER = """\
