@@ -11,6 +11,12 @@ This runs in the parent and only parses (``ast.parse``); nothing of the student'
 
 import ast
 import json
+import threading
+
+# CPython 3.11's ast.parse is not thread-safe: two threads building AST objects at once can
+# fail with "SystemError: AST constructor recursion depth mismatch" (seen when grading with
+# --jobs 2). The grader grades notebooks in threads, so parsing takes this lock.
+_AST_LOCK = threading.Lock()
 
 
 class NotebookError(Exception):
@@ -85,7 +91,8 @@ def extract(path):
     for index, cell in enumerate(code_cells(path), start=1):
         text = _strip_magics(cell)
         try:
-            tree = ast.parse(text)
+            with _AST_LOCK:
+                tree = ast.parse(text)
         except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
             where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
             notes.append(f"code cell {index} was skipped: it has a syntax error{where}: "
