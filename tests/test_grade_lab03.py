@@ -14,6 +14,8 @@ import nbformat
 import numpy as np
 import pytest
 
+import submissions
+
 from bnlab.grade import core, grader, lab03
 from bnlab.grade.sandbox import Limits
 from bnlab.tolerances import tolerance
@@ -74,15 +76,7 @@ OTHERS = {
 
 
 def make_submission(tmp_path, name, edits):
-    """The solution with ``edits``, (old, new) substitutions each of which must match exactly once."""
-    nb = nbformat.read(SOLUTION, as_version=4)
-    for old, new in edits:
-        hits = [c for c in nb.cells if c.cell_type == "code" and old in c.source]
-        assert len(hits) == 1 and hits[0].source.count(old) == 1, f"{name}: {old!r} must occur once"
-        hits[0].source = hits[0].source.replace(old, new)
-    path = tmp_path / f"{name}.ipynb"
-    nbformat.write(nb, str(path))
-    return str(path)
+    return submissions.make_submission(SOLUTION, tmp_path, name, edits)
 
 
 @pytest.fixture(scope="module")
