@@ -9,7 +9,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 export OPENBLAS_NUM_THREADS := 1
 export OMP_NUM_THREADS := 1
 
-.PHONY: setup system-deps book test test-unit test-notebooks lab labs clean
+.PHONY: setup system-deps book test test-unit test-notebooks lab labs grade-bench clean
 
 # Create the venv and install the pinned requirements and bnlab (editable), once per change
 # of requirements.txt or pyproject.toml.
@@ -52,6 +52,10 @@ lab: setup
 # Regenerate the student labs from the masters in solutions/.
 labs: setup
 	$(PY) -m bnlab.labs
+
+# The autograder's throughput: a class of 100 lab-1 submissions graded on every core.
+grade-bench: setup
+	$(PY) tests/class_throughput.py 100
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

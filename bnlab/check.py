@@ -23,7 +23,7 @@ Lab 3 (not ``answers``: its key is the grader's)::
     check.batch_statistics_noise(batch_statistics_noise)
     check.scaled_learning_rate(scaled_learning_rate)
 
-Each runs the autograder's own questions of that lab that call only the functions you pass
+Each runs the autograder's own public cases of that lab that call only the functions you pass
 (the same plans, mistakes and tolerances, ``bnlab.grade.core``, on inputs drawn with another
 seed), prints PASS or FAIL per case with the grader's messages, and raises
 ``AssertionError`` when something fails. An exception raised by your function (including the
@@ -38,12 +38,12 @@ CHECK_SEED = 7  # not the grader's seed
 
 
 def run_checks(title, lab, functions, kinds=None):
-    """Run ``lab``'s questions that call only ``functions`` (``{name: callable}``), optionally
+    """Run ``lab``'s public cases that call only ``functions`` (``{name: callable}``), optionally
     only those of the given ``kinds``; print the verdicts, raise AssertionError on a failure."""
     from bnlab.grade import lab_module
     module = lab_module(lab)
     reference = module.reference()
-    selected = [q for q in module.questions(CHECK_SEED)
+    selected = [q for q in module.cases(CHECK_SEED)
                 if set(q.functions) <= set(functions) and (kinds is None or q.kind in kinds)]
     assert selected, f"no check of {lab} calls only {', '.join(functions)}"
     mistakes = [m for m in module.mistakes()]

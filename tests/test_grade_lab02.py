@@ -2,9 +2,10 @@
 
 As for lab 1 (tests/test_grade.py): submissions are the master solution with precise source
 substitutions (each asserted to occur exactly once, so a test cannot silently grade an
-unchanged solution); every classic mistake must lose exactly the points of the questions it
-breaks, keep the others, and be named in the feedback; a crashing notebook gets a verdict
-while the correct one graded in the same batch keeps full marks.
+unchanged solution); every classic mistake of the catalog (``tests/catalog.py``) must lose
+exactly the points of the public cases it breaks, keep the others, and be named in the
+feedback; a crashing notebook gets a verdict while the correct one graded in the same batch
+keeps full marks.
 """
 
 import csv
@@ -17,6 +18,7 @@ import nbformat
 import numpy as np
 import pytest
 
+import catalog
 import submissions
 
 from bnlab.grade import core, grader, lab02
@@ -26,72 +28,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOLUTION = os.path.join(ROOT, "solutions", "lab02_normalization_family.ipynb")
 LAB = os.path.join(ROOT, "labs", "lab02_normalization_family.ipynb")
 LIMITS = Limits(load_timeout=30, question_timeout=5, file_bytes=1 << 20)
-QUESTIONS = lab02.questions()
+QUESTIONS = lab02.cases()
 ALL = {q.name for q in QUESTIONS}
-SBN = {n for n in ALL if n.startswith("sbn_")}
-LN = {n for n in ALL if n.startswith("ln_")}
-GN = {n for n in ALL if n.startswith("gn_")}
 MAX_SCORE = 26
 
-# the spatial BatchNorm reshapes of the master, and the wrong ones
-X_TO_2D, DY_TO_2D = "x.transpose(0, 2, 3, 1).reshape(-1, C)", "dy.transpose(0, 2, 3, 1).reshape(-1, C)"
-Y_BACK, DX_BACK = "y2d.reshape(N, H, W, C).transpose(0, 3, 1, 2)", "dx2d.reshape(N, H, W, C).transpose(0, 3, 1, 2)"
-# GroupNorm's group view, and the interleaved one (channel c in group c % G)
-INTERLEAVE = ".reshape(N, {c} // {g}, {g}, -1).transpose(0, 2, 1, 3).reshape(N, {g}, -1)"
-UNINTERLEAVE = ".reshape(N, {g}, {c} // {g}, -1).transpose(0, 2, 1, 3).reshape({shape})"
-
-# name: (substitutions, questions that must fail, mistake that must be named, questions naming it)
-MISTAKES = {
-    "sbn_channels_scrambled": (
-        [(X_TO_2D, "x.reshape(-1, C)"), (DY_TO_2D, "dy.reshape(-1, C)"),
-         (Y_BACK, "y2d.reshape(N, C, H, W)"), (DX_BACK, "dx2d.reshape(N, C, H, W)")],
-        SBN, "sbn_channels_scrambled", SBN),
-    "sbn_not_moved_back": (
-        [(Y_BACK, "y2d.reshape(N, C, H, W)"), (DX_BACK, "dx2d.reshape(N, C, H, W)")],
-        # dgamma and dbeta come from dy moved the right way: sbn_backward_params keeps its point
-        SBN - {"sbn_backward_params"}, "sbn_not_moved_back", SBN - {"sbn_backward_params"}),
-    "sbn_biased_running_var": (
-        [("running_var += momentum * var * (m / (m - 1))", "running_var += momentum * var")],
-        {"sbn_running_eval"}, "biased_running_var", {"sbn_running_eval"}),
-    "sbn_backward_no_var_path": (
-        [("dx = rstd * (dx_hat - dx_hat.mean(axis=0) - x_hat * (dx_hat * x_hat).mean(axis=0))",
-          "dx = rstd * (dx_hat - dx_hat.mean(axis=0))")],
-        {"sbn_backward_dx"}, "backward_no_var_path", {"sbn_backward_dx"}),
-    "layer_norm_batch_axis": (
-        [("axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))", "axes = (0,)")],
-        LN, "layer_norm_batch_axis", LN),
-    "layer_norm_last_axis_only": (
-        [("axes = tuple(range(x.ndim - len(normalized_shape), x.ndim))", "axes = (x.ndim - 1,)")],
-        # with normalized_shape of one axis the last axis is right
-        {"ln_forward_2dims", "ln_backward_dx", "ln_backward_params"}, "layer_norm_last_axis_only",
-        {"ln_forward_2dims", "ln_backward_dx", "ln_backward_params"}),
-    "layer_norm_backward_no_mean_path": (
-        [("dx_hat - dx_hat.mean(axis=axes, keepdims=True)", "dx_hat")],
-        {"ln_backward_dx"}, "layer_norm_backward_no_mean_path", {"ln_backward_dx"}),
-    "layer_norm_backward_no_var_path": (
-        [("\n                 - x_hat * (dx_hat * x_hat).mean(axis=axes, keepdims=True))", ")")],
-        {"ln_backward_dx"}, "layer_norm_backward_no_var_path", {"ln_backward_dx"}),
-    "group_norm_interleaved": (
-        [("xg = x.reshape(N, num_groups, -1)", "xg = x" + INTERLEAVE.format(c="C", g="num_groups")),
-         ("x_hat = ((xg - mu) * rstd).reshape(x.shape)",
-          "x_hat = ((xg - mu) * rstd)" + UNINTERLEAVE.format(c="C", g="num_groups", shape="x.shape")),
-         (".reshape(N, G, -1)  # -> (N, G, -1)", INTERLEAVE.format(c="dy.shape[1]", g="G")),
-         ("x_hat_g = x_hat.reshape(N, G, -1)", "x_hat_g = x_hat" + INTERLEAVE.format(c="dy.shape[1]", g="G")),
-         ("dx = dx.reshape(dy.shape)", "dx = dx" + UNINTERLEAVE.format(c="dy.shape[1]", g="G", shape="dy.shape"))],
-        # 1 group or C groups: interleaved and consecutive are the same
-        GN - {"gn_forward_extremes"}, "group_norm_interleaved", GN - {"gn_forward_extremes"}),
-    "group_norm_gamma_last_axis": (
-        [("y = y * gamma.reshape(shape)", "y = y * gamma"), ("y = y + beta.reshape(shape)", "y = y + beta")],
-        # the forward only: the backward questions keep their points; where the last axis is
-        # not C, NumPy refuses to broadcast and the feedback is that error
-        {"gn_forward", "gn_forward_3d", "gn_forward_extremes"}, "group_norm_gamma_last_axis", {"gn_forward"}),
-    "group_norm_backward_no_mean_path": (
-        [("dx_hat - dx_hat.mean(axis=2, keepdims=True)", "dx_hat")],
-        {"gn_backward_dx"}, "group_norm_backward_no_mean_path", {"gn_backward_dx"}),
-    "group_norm_backward_no_var_path": (
-        [("\n                 - x_hat_g * (dx_hat * x_hat_g).mean(axis=2, keepdims=True))", ")")],
-        {"gn_backward_dx"}, "group_norm_backward_no_var_path", {"gn_backward_dx"}),
-}
+# the classic mistakes: tests/catalog.py (graded here in a student's run, public cases only)
+MISTAKES = catalog.of("lab02")
 
 LN_BACKWARD_FIRST_LINE = '    x_hat, rstd, gamma = cache["x_hat"], cache["rstd"], cache["gamma"]\n    axes, lead'
 CRASH = [(LN_BACKWARD_FIRST_LINE, "    import ctypes\n    ctypes.string_at(0)\n" + LN_BACKWARD_FIRST_LINE)]
@@ -110,14 +52,14 @@ def expected():
 def graded(tmp_path_factory, expected):
     """Every submission above, the untouched lab, a crashing notebook, then the solution, in one batch."""
     tmp = tmp_path_factory.mktemp("lab02")
-    paths = {name: make_submission(tmp, name, edits) for name, (edits, *_) in MISTAKES.items()}
+    paths = {name: e.submission(tmp) for name, e in MISTAKES.items()}
     paths.update(lab=LAB, crash=make_submission(tmp, "crash", CRASH), solution=SOLUTION)
     reports = grader.grade_notebooks("lab02", list(paths.values()), LIMITS, jobs=2)
     return dict(zip(paths, reports))
 
 
 def failing(report):
-    return {q.name for q in report.questions if not q.passed}
+    return {q.name for q in report.cases if not q.passed}
 
 
 def test_solution_full_marks(graded):
@@ -125,13 +67,13 @@ def test_solution_full_marks(graded):
     assert report.status == "graded" and report.notes == [], grader.format_table(report)
     assert report.score == report.max_score == MAX_SCORE
     assert failing(report) == set()
-    assert [q.name for q in report.questions] == [q.name for q in QUESTIONS]
+    assert [q.name for q in report.cases] == [q.name for q in QUESTIONS]
 
 
 def test_untouched_lab_scores_zero_without_grader_error(graded):
     report = graded["lab"]
     assert report.status == "graded" and report.score == 0 and report.max_score == MAX_SCORE
-    for q in report.questions:
+    for q in report.cases:
         assert any("NotImplementedError" in f and "not implemented yet" in f for f in q.feedback), q
 
 
@@ -140,31 +82,23 @@ def test_crash_gets_a_verdict_and_the_rest_is_graded(graded):
     assert report.status == "graded"
     assert failing(report) == {"ln_backward_dx", "ln_backward_params"}, grader.format_table(report)
     assert report.score == MAX_SCORE - 4
-    for q in report.questions:
+    for q in report.cases:
         if not q.passed:
             assert q.crashed and any("segmentation fault" in f for f in q.feedback), grader.format_table(report)
 
 
 @pytest.mark.parametrize("name", sorted(MISTAKES))
 def test_classic_mistake_loses_its_points_and_is_named(graded, name):
-    _, broken, mistake, named_in = MISTAKES[name]
-    report = graded[name]
-    assert report.status == "graded", report.notes
-    assert failing(report) == broken, grader.format_table(report)
-    assert report.score == sum(q.max_score for q in report.questions if q.name not in broken)
-    message = next(m for m in lab02.mistakes() if m.name == mistake).message
-    for q in report.questions:
-        if q.name in named_in:
-            assert q.mistakes == [mistake], grader.format_table(report)
-            assert any(message in f for f in q.feedback), grader.format_table(report)
-        else:
-            assert mistake not in q.mistakes
+    """Exactly the entry's public ``breaks`` fail and lose their points; its ``where`` cases
+    name it (the only mistake recognised there), no other case does (catalog.check)."""
+    assert graded[name].public_only
+    catalog.check(MISTAKES[name], graded[name])
 
 
 def test_backward_notes_the_failing_forward(graded):
     """A backward question that fails with its forward gets a note pointing at the forward."""
     report = graded["sbn_channels_scrambled"]
-    dx = next(q for q in report.questions if q.name == "sbn_backward_dx")
+    dx = next(q for q in report.cases if q.name == "sbn_backward_dx")
     assert any(f.startswith("note: the forward pass fails too (sbn_forward, sbn_forward_float32)")
                for f in dx.feedback), grader.format_table(report)
 
@@ -172,7 +106,7 @@ def test_backward_notes_the_failing_forward(graded):
 def test_mistake_code_without_mistakes_is_the_reference(expected):
     """The wrong implementations differ from the reference by their grouping or flag only."""
     correct = lab02.correct()
-    for q in expected.questions:
+    for q in expected.cases:
         run = core.run(q, correct.functions, catch=False)
         result = core.evaluate(q, run, expected.reference[q.name], [])
         assert result.passed, (q.name, result.feedback)
@@ -184,7 +118,7 @@ def test_every_named_mistake_is_detectable(expected):
     names = [m.name for m in lab02.mistakes()]
     assert len(names) == len(set(names))
     for m in lab02.mistakes():
-        runs = [(q, dict((mm.name, r) for mm, r in expected.mistakes[q.name])) for q in expected.questions]
+        runs = [(q, dict((mm.name, r) for mm, r in expected.mistakes[q.name])) for q in expected.cases]
         assert all(m.name in by_name for q, by_name in runs if m.covers(q))
         assert not any(m.name in by_name for q, by_name in runs if not m.covers(q))
         assert any(not core.evaluate(q, by_name[m.name], expected.reference[q.name], []).passed
@@ -193,7 +127,7 @@ def test_every_named_mistake_is_detectable(expected):
 
 def test_cli_reports(tmp_path):
     out = tmp_path / "reports"
-    proc = subprocess.run([sys.executable, "-m", "bnlab.grade", "lab02", SOLUTION, LAB, "--report", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "bnlab.grade", "lab02", SOLUTION, LAB, "--public", "--report", str(out)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert f"{MAX_SCORE} / {MAX_SCORE}" in proc.stdout and f"0 / {MAX_SCORE}" in proc.stdout

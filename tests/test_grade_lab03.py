@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOLUTION = os.path.join(ROOT, "solutions", "lab03_batch_size.ipynb")
 LAB = os.path.join(ROOT, "labs", "lab03_batch_size.ipynb")
 LIMITS = Limits(load_timeout=30, question_timeout=5, file_bytes=1 << 20)
-QUESTIONS = lab03.questions()
+QUESTIONS = lab03.cases()
 ALL = {q.name for q in QUESTIONS}
 GHOST = {"ghost_batches", "ghost_batches_remainder"}
 NOISE = {"noise", "noise_remainder"}
@@ -96,21 +96,21 @@ def graded(tmp_path_factory, expected):
 
 
 def failing(report):
-    return {q.name for q in report.questions if not q.passed}
+    return {q.name for q in report.cases if not q.passed}
 
 
 def test_solution_full_marks(graded):
     report = graded["solution"]
     assert report.status == "graded" and report.notes == [], grader.format_table(report)
     assert report.score == report.max_score == MAX_SCORE
-    assert [q.name for q in report.questions] == [q.name for q in QUESTIONS]
+    assert [q.name for q in report.cases] == [q.name for q in QUESTIONS]
 
 
 def test_untouched_lab_scores_zero_without_grader_error(graded):
     report = graded["lab"]
     assert report.status == "graded" and report.notes == [], grader.format_table(report)
     assert report.score == 0 and report.max_score == MAX_SCORE
-    for q in report.questions:
+    for q in report.cases:
         assert any("NotImplementedError" in f and "not implemented yet" in f for f in q.feedback), q
 
 
@@ -120,9 +120,9 @@ def test_classic_mistake_loses_its_points_and_is_named(graded, name):
     report = graded[name]
     assert report.status == "graded" and report.notes == []
     assert failing(report) == broken, grader.format_table(report)
-    assert report.score == MAX_SCORE - sum(q.max_score for q in report.questions if q.name in broken)
+    assert report.score == MAX_SCORE - sum(q.max_score for q in report.cases if q.name in broken)
     message = next(m for m in lab03.mistakes() if m.name == mistake).message
-    for q in report.questions:
+    for q in report.cases:
         if q.name in broken:
             assert q.mistakes == [mistake], grader.format_table(report)
             assert any(message in f for f in q.feedback), grader.format_table(report)
@@ -136,14 +136,14 @@ def test_answers_shapes_and_crashes(graded, name):
     report = graded[name]
     assert report.status == "graded"
     assert failing(report) == broken, grader.format_table(report)
-    for q in report.questions:
+    for q in report.cases:
         if q.name in broken:
             assert any(words in f for f in q.feedback), grader.format_table(report)
 
 
 def test_answer_feedback_does_not_show_the_key(graded):
     for name in ("wrong_answer_3", "wrong_answers_1_5"):
-        for q in graded[name].questions:
+        for q in graded[name].cases:
             if q.name in ANSWERS and not q.passed:
                 assert q.feedback == [f"answers[{[a for a, _, _ in lab03.ANSWER_KEY].index(q.name)}] "
                                       "is not the right answer"], q.feedback
@@ -152,7 +152,7 @@ def test_answer_feedback_does_not_show_the_key(graded):
 def test_crash_is_a_verdict_not_a_wrong_value(graded):
     report = graded["crash"]
     assert report.score == MAX_SCORE - 1
-    assert [q.crashed for q in report.questions if not q.passed] == [True]
+    assert [q.crashed for q in report.cases if not q.passed] == [True]
 
 
 def test_reference_against_hand_computed_values():
@@ -179,7 +179,7 @@ def test_every_named_mistake_is_detectable_and_covers_only_its_functions(expecte
     names = [m.name for m in lab03.mistakes()]
     assert len(names) == len(set(names))
     for m in lab03.mistakes():
-        runs = [(q, {mm.name: r for mm, r in expected.mistakes[q.name]}) for q in expected.questions]
+        runs = [(q, {mm.name: r for mm, r in expected.mistakes[q.name]}) for q in expected.cases]
         assert all(m.name in by_name for q, by_name in runs if m.covers(q))
         assert not any(m.name in by_name for q, by_name in runs if not m.covers(q))
         assert any(not core.evaluate(q, by_name[m.name], expected.reference[q.name], []).passed

@@ -1,9 +1,23 @@
-"""Grade notebooks: sandboxed run, comparison against the reference, reports (table, JSON, CSV)."""
+"""Grade notebooks: sandboxed runs, comparison against the reference, and the reports.
+
+``grade_notebooks`` reads every submission first (so that no student's code, running while
+others are graded, can change another's notebook), then grades them in parallel: each is a
+sandboxed child process (``bnlab.grade.sandbox``) that returns raw outputs, judged here
+against the reference (``bnlab.grade.core``). ``write_reports`` writes, once grading is over,
+one JSON report, one feedback text per submission and the class's ``summary.csv``.
+
+A report has the lab's questions, each with its test cases (``core.CaseResult``): status,
+points, feedback, time. Public cases are what students run before they submit; the
+instructor's run adds the hidden cases, drawn from the instructor's ``hidden_seed``.
+"""
 
 import csv
 from dataclasses import dataclass, field
+import io
 import json
 import os
+import shutil
+import tempfile
 import traceback
 
 from bnlab.grade import core, lab_module
@@ -18,96 +32,223 @@ class Report:
     score: float
     max_score: float
     status: str                      # "graded", "unreadable" (not a notebook) or "grader_error"
-    questions: list = field(default_factory=list)  # core.QuestionResult
-    notes: list = field(default_factory=list)
+    cases: list = field(default_factory=list)      # core.CaseResult, in the lab's order
+    notes: list = field(default_factory=list)      # about the notebook as a whole
+    integrity: list = field(default_factory=list)  # flags for the instructor (reference imports)
+    questions: dict = field(default_factory=dict)  # the lab's QUESTIONS: {id: title}
+    public_only: bool = False        # a student's run: the hidden cases were not graded
+
+    def by_question(self):
+        """``[(id, title, [CaseResult, ...]), ...]`` in the lab's order of questions."""
+        return [(q, title, [c for c in self.cases if c.question == q]) for q, title in self.questions.items()]
 
     def to_json(self):
-        """Gradescope-style: top-level score and max_score; one entry of ``tests`` per question."""
+        """Per question and per case: status, points, feedback, time. Also Gradescope's
+        results.json fields: top-level ``score``/``max_score`` and one ``tests`` entry per
+        case (hidden cases ``visibility: after_published``)."""
+        cases = [dict(name=c.name, question=c.question, title=c.title, hidden=c.hidden,
+                      status=case_status(c), score=c.score, max_score=c.max_score, seconds=c.seconds,
+                      mistakes=c.mistakes, feedback=c.feedback) for c in self.cases]
+        questions = []
+        for q, title, results in self.by_question():
+            score, max_score = sum(c.score for c in results), sum(c.max_score for c in results)
+            questions.append(dict(
+                name=q, title=title, score=score, max_score=max_score,
+                status="passed" if score == max_score else "failed" if score == 0 else "partial",
+                seconds=sum(c.seconds or 0.0 for c in results),
+                feedback=[f"{c.name}: {f}" for c in results for f in c.feedback],
+                cases=[c for c in cases if c["question"] == q]))
         return {
             "lab": self.lab, "notebook": self.notebook, "status": self.status,
-            "score": self.score, "max_score": self.max_score, "notes": self.notes,
-            "tests": [dict(name=q.name, title=q.title, score=q.score, max_score=q.max_score,
-                           status="passed" if q.passed else "failed", mistakes=q.mistakes,
-                           feedback=q.feedback, output="\n".join(q.feedback) or "correct")
-                      for q in self.questions],
+            "score": self.score, "max_score": self.max_score, "public_only": self.public_only,
+            "integrity": self.integrity, "notes": self.notes, "questions": questions,
+            "tests": [dict(name=c["name"], score=c["score"], max_score=c["max_score"],
+                           status=c["status"], visibility="after_published" if c["hidden"] else "visible",
+                           output="\n".join(c["feedback"]) or "correct") for c in cases],
         }
 
 
-class Expected:
-    """The reference's and the named mistakes' runs of each question, computed once per lab."""
+def case_status(result):
+    """"passed", "failed" (a wrong or missing output) or "error" (the sandbox's verdict: a
+    timeout, a crash, a notebook that could not be loaded)."""
+    return "passed" if result.passed else "error" if result.crashed else "failed"
 
-    def __init__(self, lab):
+
+class Expected:
+    """The lab's cases, with the reference's and the named mistakes' runs of each, computed
+    once per grading run. ``hidden_seed=None``: the public cases only (a student's run)."""
+
+    def __init__(self, lab, hidden_seed=None):
+        self.lab = lab
         self.module = lab_module(lab)
-        self.questions = self.module.questions()
+        self.public_only = hidden_seed is None
+        self.cases = self.module.cases(hidden_seed=hidden_seed)
         reference = self.module.reference()
-        self.reference = {q.name: core.run(q, reference, catch=False) for q in self.questions}
+        self.reference = {q.name: core.run(q, reference, catch=False) for q in self.cases}
+        self.signatures = {name: _signature(f) for name, f in reference.items()}
         mistakes = self.module.mistakes()
         self.mistakes = {q.name: [(m, core.run(q, m.functions)) for m in mistakes if m.covers(q)]
-                         for q in self.questions}
+                         for q in self.cases}
+
+    @property
+    def max_score(self):
+        return float(sum(q.points for q in self.cases))
+
+    def report(self, path, status, results, notes=(), integrity=()):
+        return Report(self.lab, str(path), float(sum(r.score for r in results)), self.max_score, status,
+                      results, list(notes), list(integrity), dict(self.module.QUESTIONS), self.public_only)
+
+    def zero(self, feedback=(), crashed=False):
+        """A result of 0 points per case, with the same ``feedback`` for each."""
+        return [core.CaseResult(q.name, q.title, 0.0, q.points, list(feedback), crashed=crashed,
+                                question=q.question, hidden=q.hidden) for q in self.cases]
 
 
-def grade_notebook(lab, path, limits=Limits(), expected=None):
+def _signature(function):
+    import inspect
+    return f"{function.__name__}{inspect.signature(function)}"
+
+
+def read_submission(path):
+    """``notebook.extract(path)``, or the ``NotebookError`` saying why it cannot be read."""
+    try:
+        return extract(path)
+    except NotebookError as exc:
+        return exc
+
+
+def grade_notebook(lab, path, limits=Limits(), expected=None, submission=None):
     """Grade one notebook; never raises for anything the notebook contains."""
     expected = expected or Expected(lab)
-    module = expected.module
-    max_score = float(sum(q.points for q in expected.questions))
-    try:
-        cells, notes = extract(path)
-    except NotebookError as exc:
-        results = [core.QuestionResult(q.name, q.title, 0.0, q.points, [str(exc)]) for q in expected.questions]
-        return Report(lab, str(path), 0.0, max_score, "unreadable", results, [str(exc)])
-    child = run_submission(cells, module.FUNCTIONS, expected.questions, limits)
-    notes += child.load_errors
+    submission = submission if submission is not None else read_submission(path)
+    if isinstance(submission, NotebookError):
+        return expected.report(path, "unreadable", expected.zero([str(submission)]), [str(submission)])
+    if not submission.cells:
+        why = "the notebook defines nothing the grader can run (no function definitions)"
+        notes = submission.notes + [why]
+        return expected.report(path, "graded", expected.zero([why], crashed=True), notes, submission.integrity)
+    child = run_submission(submission.cells, expected.module.FUNCTIONS, expected.cases, limits)
+    notes = submission.notes + child.load_errors
+    if child.left_running:
+        notes.append(f"the notebook left {child.left_running} process(es) running (a fork, a subprocess): "
+                     "killed when its grading ended; graded code should not start processes")
+    integrity = submission.integrity + [f for f in child.integrity if f not in submission.integrity]
     results = []
-    for q in expected.questions:
+    for q in expected.cases:
         missing = [f for f in child.missing if f in q.functions]
         if missing:
-            results.append(core.QuestionResult(q.name, q.title, 0.0, q.points, [
+            results.append(core.CaseResult(q.name, q.title, 0.0, q.points, [
                 f"{', '.join(missing)} is not defined in the notebook (a function with this exact "
-                "name, defined at the top level of a code cell)"], crashed=True))
+                "name, defined at the top level of a code cell)"], crashed=True,
+                question=q.question, hidden=q.hidden))
             continue
         student = core.Run(*child.runs[q.name])
-        results.append(core.evaluate(q, student, expected.reference[q.name],
-                                     expected.mistakes[q.name], getattr(module, "hints", None)))
-    core.relate(expected.questions, results)
-    score = float(sum(r.score for r in results))
-    return Report(lab, str(path), score, max_score, "graded", results, notes)
+        result = core.evaluate(q, student, expected.reference[q.name], expected.mistakes[q.name],
+                               getattr(expected.module, "hints", None))
+        result.seconds = child.seconds.get(q.name)
+        _explain_signature(result, student, child.signatures, expected.signatures)
+        results.append(result)
+    core.relate(expected.cases, results)
+    return expected.report(path, "graded", results, notes, integrity)
 
 
-def grade_notebooks(lab, paths, limits=Limits(), jobs=1):
-    """Grade each notebook (``jobs`` at a time: each is a child process to wait on); the reports
-    come back in the order of ``paths``."""
-    from concurrent.futures import ThreadPoolExecutor
+def _explain_signature(result, student, theirs, ours):
+    """After a TypeError about arguments, show the student's signature next to the lab's."""
+    error = student.error
+    if getattr(error, "exc_type", None) != "TypeError" or "argument" not in error.message:
+        return
+    name = error.function
+    if theirs.get(name) and name in ours:
+        result.feedback.append(f"your signature is {name}{theirs[name]}; the lab's is {ours[name]}")
 
-    expected = Expected(lab)
 
-    def one(path):
+def grade_notebooks(lab, paths, limits=Limits(), jobs=1, hidden_seed=None, progress=False):
+    """Grade each notebook, ``jobs`` at a time (each is a child process to wait on). Every
+    notebook is read before any is run. The reports come back in the order of ``paths``."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    expected = Expected(lab, hidden_seed)
+    submissions = [read_submission(path) for path in paths]
+
+    def one(path, submission):
         try:
-            return grade_notebook(lab, path, limits, expected)
+            return grade_notebook(lab, path, limits, expected, submission)
         except Exception as exc:  # a bug of ours: report it for this notebook and go on
-            results = [core.QuestionResult(q.name, q.title, 0.0, q.points) for q in expected.questions]
             where = traceback.format_exc(limit=-3)  # the last frames, so the bug can be found
-            return Report(lab, str(path), 0.0, float(sum(q.points for q in expected.questions)),
-                          "grader_error", results,
-                          [f"grader error: {type(exc).__name__}: {exc}", where])
+            return expected.report(path, "grader_error", expected.zero(),
+                                   [f"grader error: {type(exc).__name__}: {exc}", where])
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, paths))
+        futures = {pool.submit(one, p, s): i for i, (p, s) in enumerate(zip(paths, submissions))}
+        done = as_completed(futures)
+        if progress:
+            from tqdm.auto import tqdm
+            done = tqdm(done, total=len(futures), desc=f"grading {lab}", unit="notebook", file=progress)
+        reports = [None] * len(futures)
+        for future in done:
+            reports[futures[future]] = future.result()
+    return reports
+
+
+def find_notebooks(paths):
+    """The notebooks to grade: each file as given, each folder's ``*.ipynb`` (recursively,
+    sorted, Jupyter's ``.ipynb_checkpoints`` skipped)."""
+    found = []
+    for path in paths:
+        if not os.path.isdir(path):
+            found.append(path)
+            continue
+        for root, dirs, files in os.walk(path):
+            dirs[:] = sorted(d for d in dirs if d != ".ipynb_checkpoints" and not d.startswith("."))
+            found += [os.path.join(root, f) for f in sorted(files) if f.endswith(".ipynb")]
+    return found
+
+
+# --- what people read -----------------------------------------------------------------------
+
+def _score_line(report):
+    cases = "public cases only; the instructor's run adds hidden cases" if report.public_only \
+        else "public and hidden cases"
+    pct = 100 * report.score / report.max_score if report.max_score else 0.0
+    return f"{report.score:g} / {report.max_score:g} points ({pct:.0f}%, {cases})"
 
 
 def format_table(report):
-    """The per-question table printed on stdout."""
-    lines = [f"== {report.notebook} ({report.lab}): {report.score:g} / {report.max_score:g}"
+    """Stdout, one block per notebook: the score, one line per question, and the flags."""
+    lines = [f"== {report.notebook} ({report.lab}): {_score_line(report)}"
              + ("" if report.status == "graded" else f"  [{report.status}]")]
-    width = max([len(q.name) for q in report.questions] + [8])
-    for q in report.questions:
-        mark = "ok  " if q.passed else "FAIL"
-        lines.append(f"  {mark} {q.name:<{width}} {q.score:>4g}/{q.max_score:<4g} {q.title}")
-        for msg in q.feedback:
-            lines.append(f"         - {msg}")
-    for note in report.notes:
-        lines.append(f"  note: {note}")
+    for q, title, results in report.by_question():
+        score, max_score = sum(c.score for c in results), sum(c.max_score for c in results)
+        failed = [c.name for c in results if not c.passed]
+        lines.append(f"  {score:>4g}/{max_score:<4g} {q:<10} {title}"
+                     + (f"  (failed: {', '.join(failed)})" if failed else ""))
+    for flag in report.integrity:
+        lines.append(f"  INTEGRITY: {flag}")
+    if report.status != "graded":
+        lines += [f"  note: {note}" for note in report.notes]
     return "\n".join(lines)
+
+
+def format_feedback(report):
+    """The feedback a student reads: every case with its verdict, points, time and messages."""
+    lines = [f"bnlab {report.lab}: {report.notebook}", f"Score: {_score_line(report)}"]
+    if report.status != "graded":
+        lines.append(f"Status: {report.status}")
+    for q, title, results in report.by_question():
+        score, max_score = sum(c.score for c in results), sum(c.max_score for c in results)
+        lines += ["", f"Question {q}: {title}: {score:g} / {max_score:g}"]
+        width = max(len(c.name) for c in results)
+        for c in results:
+            time = "" if c.seconds is None else f"  ({c.seconds:.2f} s)"
+            hidden = " [hidden]" if c.hidden else ""
+            lines.append(f"  {case_status(c).upper():<6} {c.score:>3g}/{c.max_score:<3g} "
+                         f"{c.name:<{width}}  {c.title}{hidden}{time}")
+            lines += [f"           - {msg}" for msg in c.feedback]
+    if report.integrity:
+        lines += ["", "Integrity (for the instructor to review):"] + [f"  - {f}" for f in report.integrity]
+    if report.notes:
+        lines += ["", "Notes:"] + [f"  - {n}" for n in report.notes]
+    return "\n".join(lines) + "\n"
 
 
 def _report_names(reports):
@@ -119,31 +260,50 @@ def _report_names(reports):
         if stems.count(stem) > 1:
             folder = os.path.basename(os.path.dirname(os.path.abspath(r.notebook)))
             name = f"{folder}__{stem}"
-        while name in names:
+        while name in names or name == "summary":
             name += "_"
         names.append(name)
     return names
 
 
+def _write(path, text):
+    """Write ``text`` to ``path`` atomically, replacing whatever is there (a file, a link, a
+    folder someone put in the report's place)."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def summary_csv(reports):
+    """The class's table: one row per submission, one column per question, then the total."""
+    questions = list(reports[0].questions) if reports else []
+    rows = [["notebook", "status"] + questions + ["score", "max_score", "percent", "integrity"]]
+    for r in reports:
+        per = {q: sum(c.score for c in results) for q, _, results in r.by_question()}
+        rows.append([r.notebook, r.status] + [f"{per.get(q, 0):g}" for q in questions]
+                    + [f"{r.score:g}", f"{r.max_score:g}",
+                       f"{100 * r.score / r.max_score:.1f}" if r.max_score else "0",
+                       "; ".join(r.integrity)])
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows(rows)
+    return out.getvalue()
+
+
 def write_reports(reports, directory):
-    """One JSON per notebook and ``summary.csv``; returns the paths written."""
+    """Per notebook ``NAME.json`` and ``NAME.txt`` (the student's feedback), and the class's
+    ``summary.csv``; returns the paths written."""
     os.makedirs(directory, exist_ok=True)
     written = []
     for report, name in zip(reports, _report_names(reports)):
-        path = os.path.join(directory, name + ".json")
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(report.to_json(), f, indent=2)
-            f.write("\n")
-        written.append(path)
+        for ext, text in ((".json", json.dumps(report.to_json(), indent=2) + "\n"),
+                          (".txt", format_feedback(report))):
+            path = os.path.join(directory, name + ext)
+            _write(path, text)
+            written.append(path)
     path = os.path.join(directory, "summary.csv")
-    names = [q.name for q in reports[0].questions] if reports else []
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["notebook", "status", "score", "max_score", "percent"] + names)
-        for r in reports:
-            per = {q.name: q.score for q in r.questions}
-            w.writerow([r.notebook, r.status, f"{r.score:g}", f"{r.max_score:g}",
-                        f"{100 * r.score / r.max_score:.1f}" if r.max_score else "0"]
-                       + [f"{per.get(n, 0):g}" for n in names])
+    _write(path, summary_csv(reports))
     written.append(path)
     return written

@@ -24,7 +24,7 @@ from math import prod
 import numpy as np
 
 from bnlab.grade import lab01
-from bnlab.grade.core import Mistake, Question, Stats
+from bnlab.grade.core import Case, Mistake, Stats
 from bnlab.grade.lab01 import backward_step, bn_stats, forward_step, inp
 from bnlab.grade.mistakes import (buggy_backward, buggy_family, buggy_forward, group_norm_grouping,
                                   layer_norm_grouping)
@@ -35,6 +35,8 @@ LN_FORWARD, LN_BACKWARD = "layer_norm_forward", "layer_norm_backward"
 GN_FORWARD, GN_BACKWARD = "group_norm_forward", "group_norm_backward"
 FUNCTIONS = (SBN_FORWARD, SBN_BACKWARD, LN_FORWARD, LN_BACKWARD, GN_FORWARD, GN_BACKWARD)
 SEED = 20240202
+HIDDEN_SEED = 20240212  # the default; an instructor passes their own (--hidden-seed)
+QUESTIONS = {"sbn": "Spatial BatchNorm (N, C, H, W)", "ln": "LayerNorm", "gn": "GroupNorm"}
 EPS = 1e-5
 
 
@@ -67,19 +69,32 @@ def gn_stats(shape, num_groups):
                  (1, -1) + (1,) * (len(shape) - 2), "sample and group")
 
 
-def questions(seed=SEED):
-    """The lab's questions, with inputs drawn deterministically from ``seed``: per layer, its
-    forward questions, then dx and (dgamma, dbeta) after a forward call (random dy)."""
+def cases(seed=SEED, hidden_seed=None):
+    """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
+    ``hidden_seed`` is given, the hidden ones (``hidden_cases``). A case's question is its
+    layer, the prefix of its name (QUESTIONS)."""
+    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
+    for q in qs:
+        q.question = q.name.removeprefix("hidden_").split("_")[0]
+    return qs
+
+
+def _tensors(rng, shape, param_shape, dtype=np.float64, affine=True):
+    """Shifted, scaled x; random gamma, beta and upstream gradient dy."""
+    out = dict(x=(5 * rng.standard_normal(shape) + 12).astype(dtype),
+               dy=rng.standard_normal(shape).astype(dtype))
+    if affine:
+        out.update(gamma=(1 + 0.5 * rng.standard_normal(param_shape)).astype(dtype),
+                   beta=rng.standard_normal(param_shape).astype(dtype))
+    return out
+
+
+def public_cases(seed):
+    """Per layer, its forward cases, then dx and (dgamma, dbeta) after a forward call (random dy)."""
     rng = np.random.default_rng(seed)
 
     def tensors(shape, param_shape, dtype=np.float64, affine=True):
-        """Shifted, scaled x; random gamma, beta and upstream gradient dy."""
-        out = dict(x=(5 * rng.standard_normal(shape) + 12).astype(dtype),
-                   dy=rng.standard_normal(shape).astype(dtype))
-        if affine:
-            out.update(gamma=(1 + 0.5 * rng.standard_normal(param_shape)).astype(dtype),
-                       beta=rng.standard_normal(param_shape).astype(dtype))
-        return out
+        return _tensors(rng, shape, param_shape, dtype, affine)
 
     def layer(prefix, title, step, backward, stats, m, forwards, backward_case, extra=()):
         """``forwards``: (name, what, points, (shape, layer argument, param shape, dtype, affine));
@@ -89,16 +104,16 @@ def questions(seed=SEED):
             inputs = tensors(shape, pshape, dtype, affine)
             g, b = ("gamma", "beta") if affine else (None, None)
             plan = dict(steps=[step(arg, gamma=g, beta=b)])
-            qs.append(Question(f"{prefix}_{name}", f"{title} forward, {what}", points, plan, inputs,
+            qs.append(Case(f"{prefix}_{name}", f"{title} forward, {what}", points, plan, inputs,
                                ("s0_y",), m(shape, arg), "forward", stats=stats(shape, arg)))
         qs += extra
         names = tuple(q.name for q in qs)
         shape, arg, pshape = backward_case
         inputs = tensors(shape, pshape)
         plan = dict(steps=[step(arg), backward_step(function=backward)])
-        qs.append(Question(f"{prefix}_backward_dx", f"{title} backward, {shape}: dx (random dy)", 3, plan,
+        qs.append(Case(f"{prefix}_backward_dx", f"{title} backward, {shape}: dx (random dy)", 3, plan,
                            inputs, ("s1_dx",), m(shape, arg), "backward", names, stats(shape, arg)))
-        qs.append(Question(f"{prefix}_backward_params", f"{title} backward: dgamma and dbeta", 1, plan,
+        qs.append(Case(f"{prefix}_backward_params", f"{title} backward: dgamma and dbeta", 1, plan,
                            inputs, ("s1_dgamma", "s1_dbeta"), m(shape, arg), "backward", names))
         return qs
 
@@ -111,7 +126,7 @@ def questions(seed=SEED):
     plan = dict(buffers=dict(rm="rm0", rv="rv0"),
                 steps=[forward_step(x=f"x{i}", rm="rm", rv="rv", training=i < 2, function=SBN_FORWARD)
                        for i in range(3)])
-    running = Question("sbn_running_eval", "spatial BatchNorm: running statistics after 2 training calls "
+    running = Case("sbn_running_eval", "spatial BatchNorm: running statistics after 2 training calls "
                        "(per channel, unbiased, in place), then eval mode", 2, plan, inputs,
                        ("s0_running_mean", "s0_running_var", "s1_running_mean", "s1_running_var",
                         "s2_y", "s2_running_mean", "s2_running_var"), prod(shape) // 3, "running")
@@ -133,13 +148,44 @@ def questions(seed=SEED):
     # GroupNorm: per sample over groups of C // G consecutive channels, per-channel gamma and
     # beta; also num_groups = 1 (LayerNorm over (C, H, W), per-channel gamma) and = C (InstanceNorm).
     shape = (3, 4, 5, 2)
-    extremes = Question("gn_forward_extremes", "GroupNorm forward, num_groups = 1 and num_groups = C", 1,
+    extremes = Case("gn_forward_extremes", "GroupNorm forward, num_groups = 1 and num_groups = C", 1,
                         dict(steps=[gn_step(1), gn_step(4)]), tensors(shape, (4,)), ("s0_y", "s1_y"),
                         prod(shape[1:]), "forward")
     qs += layer("gn", "GroupNorm", gn_step, GN_BACKWARD, gn_stats, lambda shape, g: prod(shape[1:]) // g, [
         ("forward", "(N, C, H, W) = (4, 6, 3, 6), 3 groups", 2, ((4, 6, 3, 6), 3, (6,), np.float64, True)),
         ("forward_3d", "(N, C, L) = (5, 8, 7), 4 groups", 1, ((5, 8, 7), 4, (8,), np.float64, True)),
     ], ((3, 6, 4, 6), 3, (6,)), extra=[extremes])
+    return qs
+
+
+def hidden_cases(seed):
+    """Cases the instructor's run adds, per layer: a forward and a backward pass (dx, dgamma,
+    dbeta together) on other shapes, one of them float32. The inputs come from the
+    instructor's ``seed``, so a notebook cannot be fitted to them."""
+    rng = np.random.default_rng(seed)
+    qs = []
+
+    def pair(prefix, step, backward, stats, m, forward_case, backward_case, forwards):
+        (shape, arg, pshape, dtype), title = forward_case
+        qs.append(Case(f"hidden_{prefix}_forward", f"{title} forward, {dtype.__name__} {shape}", 1,
+                       dict(steps=[step(arg)]), _tensors(rng, shape, pshape, dtype), ("s0_y",),
+                       m(shape, arg), "forward", stats=stats(shape, arg), hidden=True))
+        shape, arg, pshape, dtype = backward_case
+        qs.append(Case(f"hidden_{prefix}_backward", f"{title} backward, {dtype.__name__} {shape}: dx, "
+                       "dgamma, dbeta (random dy)", 1, dict(steps=[step(arg), backward_step(function=backward)]),
+                       _tensors(rng, shape, pshape, dtype), ("s1_dx", "s1_dgamma", "s1_dbeta"),
+                       m(shape, arg), "backward", forwards, stats(shape, arg), hidden=True))
+
+    pair("sbn", lambda _: forward_step(function=SBN_FORWARD), SBN_BACKWARD,
+         lambda shape, _: bn_stats(shape), lambda shape, _: prod(shape) // shape[1],
+         (((2, 5, 3, 3), None, (5,), np.float64), "spatial BatchNorm"), ((3, 2, 7, 2), None, (2,), np.float32),
+         ("sbn_forward", "sbn_forward_float32"))
+    pair("ln", ln_step, LN_BACKWARD, ln_stats, lambda shape, ns: prod(ns),
+         (((2, 3, 4, 5), (3, 4, 5), (3, 4, 5), np.float32), "LayerNorm"), ((6, 7), (7,), (7,), np.float64),
+         ("ln_forward", "ln_forward_2dims", "ln_forward_float32_no_affine"))
+    pair("gn", gn_step, GN_BACKWARD, gn_stats, lambda shape, g: prod(shape[1:]) // g,
+         (((2, 12, 3), 6, (12,), np.float64), "GroupNorm"), ((2, 9, 2, 2), 3, (9,), np.float32),
+         ("gn_forward", "gn_forward_3d", "gn_forward_extremes"))
     return qs
 
 
@@ -199,6 +245,11 @@ def mistakes():
         _layer("layer_norm_last_axis_only", "the statistics were computed over the last axis only; LayerNorm "
                "reduces over the last len(normalized_shape) axes, e.g. the last two for normalized_shape "
                "(H, W) (eq-ln-stats)", lambda shape, ns: layer_norm_grouping(shape, ns, reduce="last")),
+        _layer("layer_norm_all_features", "the statistics were computed over every axis but the batch axis 0 "
+               "(the image habit); LayerNorm reduces only over the trailing normalized_shape axes, so each "
+               "token of a (N, L, D) sequence with normalized_shape (D,) has its own mean and variance: "
+               "axes = tuple(range(x.ndim - len(normalized_shape), x.ndim)) (eq-ln-stats)",
+               lambda shape, ns: layer_norm_grouping(shape, ns, reduce="features")),
         _layer("layer_norm_unbiased", "the normalization used the unbiased variance (divided by m - 1); "
                "LayerNorm divides by m, the number of normalized elements (eq-ln-stats)",
                layer_norm_grouping, forward_flags=dict(unbiased_norm=True)),
@@ -211,6 +262,14 @@ def mistakes():
                "c % num_groups); GroupNorm's groups are CONSECUTIVE channels: group g holds channels "
                "g * C/G to (g + 1) * C/G - 1, which x.reshape(N, num_groups, -1) gives directly (eq-gn-stats)",
                lambda shape, g: group_norm_grouping(shape, g, groups="interleaved"), which="gn"),
+        _layer("group_norm_group_size", "num_groups was used as the number of channels PER group; it is "
+               "the number of groups: C // num_groups consecutive channels in each, which "
+               "x.reshape(N, num_groups, -1) gives directly (eq-gn-stats)",
+               lambda shape, g: group_norm_grouping(shape, g, groups="size"), which="gn"),
+        _layer("group_norm_channels_only", "the statistics of each group were computed over its channels "
+               "only, one mean per (sample, group, position); a group's statistics cover its channels AND "
+               "every spatial position: x.reshape(N, num_groups, -1), then reduce over the last axis (eq-gn-stats)",
+               lambda shape, g: group_norm_grouping(shape, g, groups="per_position"), which="gn"),
         _layer("group_norm_gamma_last_axis", "gamma and beta were broadcast against the LAST axis (NumPy's "
                "default for a (C,) vector); they are per channel, axis 1: reshape them to (1, C, 1, ..., 1), "
                "e.g. gamma.reshape(1, -1, 1, 1) for (N, C, H, W) (eq-gn-affine)",

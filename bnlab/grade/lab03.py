@@ -15,18 +15,21 @@ Graded functions (NumPy; the lab's training sweep uses them but is not graded nu
 Inputs are shifted and scaled (5 * randn + 12, with a different scale per channel). The
 expected outputs come from ``reference()`` below, written without the reshape the lab asks
 for (an index array per batch, a loop), and are computed in the parent process only. Each
-answer is its own question (``Question.item``) whose feedback never shows the key
-(``Question.secret``).
+answer is its own question (``Case.item``) whose feedback never shows the key
+(``Case.secret``).
 """
 
 import numpy as np
 
-from bnlab.grade.core import Mistake, Question
+from bnlab.grade.core import Case, Mistake
 
 LAB = "lab03"
 GHOST, NOISE, LR, ANSWERS = "ghost_batches", "batch_statistics_noise", "scaled_learning_rate", "answers"
 FUNCTIONS = (GHOST, NOISE, LR, ANSWERS)
 SEED = 20240303
+HIDDEN_SEED = 20240313  # the default; an instructor passes their own (--hidden-seed)
+QUESTIONS = {"ghost": "ghost_batches", "noise": "batch_statistics_noise",
+             "lr": "scaled_learning_rate", "answers": "Answers (multiple choice and counts)"}
 
 # The answer key: (question name, title, the right choice). The course repository is public,
 # so this key is readable; the lab's questions are for understanding, not for exams.
@@ -81,33 +84,58 @@ def _activations(rng, n, c):
     return scale * rng.standard_normal((n, c)) + 12 + rng.standard_normal(c)
 
 
-def questions(seed=SEED):
-    """The lab's questions, with inputs drawn deterministically from ``seed``."""
+def _call(function, args, returns):
+    return dict(steps=[dict(call=function, args=args, returns=returns)])
+
+
+def cases(seed=SEED, hidden_seed=None):
+    """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
+    ``hidden_seed`` is given, the hidden ones. A case's question is its kind (QUESTIONS)."""
+    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
+    for q in qs:
+        q.question = q.kind
+    return qs
+
+
+def hidden_cases(seed):
+    """Cases the instructor's run adds: each function on other sizes, from the instructor's seed."""
     rng = np.random.default_rng(seed)
+    return [
+        Case("hidden_ghost_batches", "ghost_batches, (37, 4) into batches of 5", 1,
+             _call(GHOST, [{"input": "x"}, 5], "batches"), dict(x=_activations(rng, 37, 4)),
+             ("s0_batches",), 1, "ghost", hidden=True),
+        Case("hidden_noise", "batch_statistics_noise, (300, 3), batch size 8", 1,
+             _call(NOISE, [{"input": "x"}, 8], "noise"), dict(x=_activations(rng, 300, 3)),
+             ("s0_noise",), 296, "noise", hidden=True),
+        Case("hidden_scaled_learning_rate", "scaled_learning_rate, base 0.05 at batch 64, batches 1 to 1024", 1,
+             _call(LR, [0.05, 64, {"input": "batch_sizes"}], "lr"),
+             dict(batch_sizes=np.array([1, 3, 64, 100, 1024], dtype=np.int64)), ("s0_lr",), 1, "lr", hidden=True),
+    ]
 
-    def call(function, args, returns):
-        return dict(steps=[dict(call=function, args=args, returns=returns)])
 
+def public_cases(seed):
+    rng = np.random.default_rng(seed)
+    call = _call
     qs = [
-        Question("ghost_batches", "ghost_batches, (48, 5) into batches of 8", 1,
+        Case("ghost_batches", "ghost_batches, (48, 5) into batches of 8", 1,
                  call(GHOST, [{"input": "x"}, 8], "batches"), dict(x=_activations(rng, 48, 5)),
                  ("s0_batches",), 1, "ghost"),
-        Question("ghost_batches_remainder", "ghost_batches, (50, 3) into batches of 6 (2 samples dropped)", 1,
+        Case("ghost_batches_remainder", "ghost_batches, (50, 3) into batches of 6 (2 samples dropped)", 1,
                  call(GHOST, [{"input": "x"}, 6], "batches"), dict(x=_activations(rng, 50, 3)),
                  ("s0_batches",), 1, "ghost"),
-        Question("noise", "batch_statistics_noise, (640, 6), batch size 4", 2,
+        Case("noise", "batch_statistics_noise, (640, 6), batch size 4", 2,
                  call(NOISE, [{"input": "x"}, 4], "noise"), dict(x=_activations(rng, 640, 6)),
                  ("s0_noise",), 640, "noise"),
-        Question("noise_remainder", "batch_statistics_noise, (203, 4), batch size 16 (11 samples dropped)", 1,
+        Case("noise_remainder", "batch_statistics_noise, (203, 4), batch size 16 (11 samples dropped)", 1,
                  call(NOISE, [{"input": "x"}, 16], "noise"), dict(x=_activations(rng, 203, 4)),
                  ("s0_noise",), 192, "noise"),
-        Question("scaled_learning_rate", "scaled_learning_rate, base 0.1 at batch 32, batches 2 to 256", 1,
+        Case("scaled_learning_rate", "scaled_learning_rate, base 0.1 at batch 32, batches 2 to 256", 1,
                  call(LR, [0.1, 32, {"input": "batch_sizes"}], "lr"),
                  dict(batch_sizes=np.array([2, 4, 8, 16, 32, 64, 256], dtype=np.int64)),
                  ("s0_lr",), 1, "lr"),
     ]
     for item, (name, title, _) in enumerate(ANSWER_KEY):
-        qs.append(Question(name, title, 1, call(ANSWERS, [], "answers"), {}, ("s0_answers",), 1,
+        qs.append(Case(name, title, 1, call(ANSWERS, [], "answers"), {}, ("s0_answers",), 1,
                            "answers", item=item, secret=True))
     return qs
 

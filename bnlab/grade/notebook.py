@@ -11,7 +11,16 @@ This runs in the parent and only parses (``ast.parse``); nothing of the student'
 
 import ast
 import json
+import re
 import threading
+from typing import NamedTuple
+
+# The reference implementations and the grader: a submission that imports them is flagged
+# (``reference_imports`` here, the sandboxed child's record of what it refused to import).
+REFERENCE_MODULES = {"bnlab.numpy": "the reference implementation",
+                     "bnlab.torch": "the torch reference implementation",
+                     "bnlab.grade": "the grader"}
+_REFERENCE_TEXT = re.compile(r"\bbnlab\.(numpy|torch|grade)\b")
 
 # CPython 3.11's ast.parse is not thread-safe: two threads building AST objects at once can
 # fail with "SystemError: AST constructor recursion depth mismatch" (seen when grading with
@@ -80,14 +89,47 @@ def kept_statements(tree):
     return [node for node in tree.body if _keep(node)]
 
 
+def _is_reference(name):
+    return any(name == m or name.startswith(m + ".") for m in REFERENCE_MODULES)
+
+
+def reference_imports(tree, index):
+    """Where a parsed code cell imports the reference implementation or the grader: ``import
+    bnlab.numpy``, ``from bnlab import torch``, or the module's name in a string (for
+    ``importlib.import_module``/``__import__``). Anywhere in the cell, not only in what the
+    grader runs: the instructor decides what a flag means."""
+    found = []
+    for node in ast.walk(tree):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [m.group(0) for m in _REFERENCE_TEXT.finditer(node.value)]
+        for name in dict.fromkeys(n for n in names if _is_reference(n)):
+            module = ".".join(name.split(".")[:2])
+            found.append(f"code cell {index}, line {node.lineno}: imports {module} "
+                         f"({REFERENCE_MODULES[module]})")
+            break
+    return found
+
+
+class Submission(NamedTuple):
+    """What the grader reads from a notebook, once, before any student code runs."""
+    cells: list      # (index, source) of the code cells the child runs (see ``extract``)
+    notes: list      # cells skipped for a syntax error
+    integrity: list  # imports of the reference (``reference_imports``)
+
+
 def extract(path):
-    """Return ``(cells, notes)``: ``cells`` lists ``(index, source)`` of the code cells that
+    """Return a ``Submission``: ``cells`` lists ``(index, source)`` of the code cells that
     parse (magics removed; ``index`` counts code cells from 1) and define something; ``notes``
-    lists the cells skipped for a syntax error. The child re-parses each cell and runs only
-    ``kept_statements``, compiled under the name ``<notebook cell N>`` so that tracebacks point
-    into the student's own cells.
+    lists the cells skipped for a syntax error; ``integrity`` the imports of the reference. The
+    child re-parses each cell and runs only ``kept_statements``, compiled under the name
+    ``<notebook cell N>`` so that tracebacks point into the student's own cells.
     """
-    cells, notes = [], []
+    cells, notes, integrity = [], [], []
     for index, cell in enumerate(code_cells(path), start=1):
         text = _strip_magics(cell)
         try:
@@ -98,6 +140,7 @@ def extract(path):
             notes.append(f"code cell {index} was skipped: it has a syntax error{where}: "
                          f"{getattr(exc, 'msg', exc)}")
             continue
+        integrity += reference_imports(tree, index)
         if kept_statements(tree):
             cells.append((index, text))
-    return cells, notes
+    return Submission(cells, notes, integrity)
