@@ -37,7 +37,8 @@ CHAPTERS = ["book/intro", "book/forward", "book/backward", "book/training-infere
             "book/family", "book/layer-group-instance", "book/batch-renorm",
             "book/rmsnorm-ghost", "book/experiments", "book/exp-ioffe-figure1",
             "book/exp-learning-rate-init", "book/exp-batch-size", "book/exp-placement-dropout",
-            "book/exp-landscape", "book/exp-overhead", "book/exp-inference-stats"]
+            "book/exp-landscape", "book/exp-overhead", "book/exp-inference-stats",
+            "book/instructors"]
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -106,6 +107,13 @@ def test_toc_groups_the_family_into_its_own_part():
              for part in toc["parts"]}
     assert parts["The normalization family"] == [
         "book/family", "book/layer-group-instance", "book/batch-renorm", "book/rmsnorm-ghost"]
+
+
+def test_toc_gives_instructors_their_own_part_before_the_back_matter():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    captions = [part["caption"] for part in toc["parts"]]
+    assert captions[-2:] == ["For instructors", "Back matter"]
+    assert [entry["file"] for entry in toc["parts"][-2]["chapters"]] == ["book/instructors"]
 
 
 def test_config_executes_every_build_and_fails_on_errors():
@@ -187,7 +195,8 @@ def test_chapters_execute_their_code(built_html):
                             ("book/family", "GBN(V=N) == BN"),
                             ("book/layer-group-instance", "== torch.nn.InstanceNorm2d"),
                             ("book/batch-renorm", "== autograd with r, d detached"),
-                            ("book/rmsnorm-ghost", "applied to each virtual batch")]:
+                            ("book/rmsnorm-ghost", "applied to each virtual batch"),
+                            ("book/instructors", "the grader exited with status 0")]:
         assert marker in (built_html / f"{chapter}.html").read_text(encoding="utf-8"), chapter
 
 
