@@ -31,7 +31,9 @@ import time
 
 SETUP_FAILED = 70  # exit status when the sandbox cannot be set up (before any student code)
 MAX_SIGNATURE = 300
-PR_SET_NO_NEW_PRIVS = 38  # <linux/prctl.h>
+PR_SET_KEEPCAPS, PR_SET_NO_NEW_PRIVS = 8, 38  # <linux/prctl.h>
+CAP_DAC_READ_SEARCH = 2  # <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
 def _imported_by_notebook():
@@ -118,56 +120,43 @@ def _limit_self(limits):
         resource.setrlimit(which, (value, value))
 
 
-def _become(uid, gid, roots):
+def _become(uid, gid):
     """Become the sandbox user for good: no supplementary groups, real, effective and saved ids
     all ``uid``/``gid``, and no new privileges (a setuid program cannot bring root back).
 
-    The interpreter may live where only root can enter (``/root/.pyenv``): each of ``roots`` is
-    opened while still root, and one the new user cannot enter stays reachable for imports as
-    ``/proc/self/fd/N`` (a process may always go through its own descriptors), in ``sys.path``
-    and in the ``__path__`` of the packages already imported. The submission can read those
-    folders too, as it could if they were open to all; nothing above them.
+    One capability of root is kept, CAP_DAC_READ_SEARCH: reading and searching any folder
+    and file. The interpreter, the virtual environment and the repository may live where only
+    root can enter (``/root/.pyenv``, a clone in a 0700 folder), and modules are imported
+    lazily, during the calls too. Writing, signalling and tracing stay those of ``uid``; the
+    capability does not survive an ``exec`` (a program the submission starts has none).
     """
     import ctypes
-    held = {}
-    for root in sorted(set(roots), key=len, reverse=True):  # the longest prefix wins below
-        try:
-            held[root] = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            pass
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def prctl(option, value):
+        return libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), ctypes.c_ulong(0),
+                          ctypes.c_ulong(0), ctypes.c_ulong(0))
+
+    # capset(2): a header (version 3, this process) and two {effective, permitted, inheritable}
+    header = (ctypes.c_uint32 * 2)(_LINUX_CAPABILITY_VERSION_3, 0)
+    read_search = 1 << CAP_DAC_READ_SEARCH
+    caps = (ctypes.c_uint32 * 6)(read_search, read_search, 0, 0, 0, 0)
     try:
+        if prctl(PR_SET_KEEPCAPS, 1) != 0:  # keep the permitted set across setuid
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_KEEPCAPS) failed")
         os.setgroups([])
         os.setgid(gid)
         os.setuid(uid)
-        no_new_privs = ctypes.CDLL(None, use_errno=True).prctl(
-            ctypes.c_int(PR_SET_NO_NEW_PRIVS), ctypes.c_ulong(1), ctypes.c_ulong(0),
-            ctypes.c_ulong(0), ctypes.c_ulong(0))
+        if libc.capset(header, caps) != 0:  # permitted and effective: CAP_DAC_READ_SEARCH only
+            raise OSError(ctypes.get_errno(), "capset failed")
+        prctl(PR_SET_KEEPCAPS, 0)
+        no_new_privs = prctl(PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
         _fail(f"could not become uid {uid}: {exc}")
     if (os.getresuid() != (uid, uid, uid) or os.getresgid() != (gid, gid, gid) or os.getgroups()
             or no_new_privs != 0):
         _fail(f"still uids {os.getresuid()}, gids {os.getresgid()}, groups {os.getgroups()} "
               f"(no_new_privs {no_new_privs}) after switching to uid {uid}")
-    swaps = {}
-    for root, fd in held.items():
-        if os.access(root, os.R_OK | os.X_OK):
-            os.close(fd)
-        else:
-            swaps[root] = f"/proc/self/fd/{fd}"
-
-    def reachable(path):
-        for root, there in swaps.items():
-            if isinstance(path, str) and (path == root or path.startswith(root + os.sep)):
-                return there + path[len(root):]
-        return path
-
-    if swaps:
-        sys.path[:] = [reachable(p) for p in sys.path]
-        for module in list(sys.modules.values()):
-            search = getattr(module, "__dict__", {}).get("__path__")
-            if type(search) is list:
-                search[:] = [reachable(p) for p in search]
-        sys.path_importer_cache.clear()
 
 
 def _signature(f, inspect):
@@ -215,8 +204,7 @@ def main(setup, repo_root):
         replace(tmp, os.path.join(out, name + ".npz"))
 
     if plan["user"] is not None:
-        _become(*plan["user"], roots=(sys.base_prefix, sys.base_exec_prefix, sys.prefix,
-                                      sys.exec_prefix, repo_root))
+        _become(*plan["user"])
     _BlockReference.BLOCKED = tuple(notebook.REFERENCE_MODULES)
     blocker = _BlockReference()
     blocker.install()

@@ -18,15 +18,15 @@ A user of its own. When the grader runs as root (CI does) and ``Limits.isolate_u
 submission's children run as a numeric uid and gid that nothing else uses, with no
 /etc/passwd entry (``_sandbox_user``). The child imports what it needs as root, then drops its
 groups, gid and uid, and with ``PR_SET_NO_NEW_PRIVS`` any way back through a setuid program,
-before the first line of the notebook runs. The submission then cannot write the grader's
-files, the other submissions' notebooks, the report folder or another child's home; cannot
-read the grader's copy of its cells and inputs (``setup/``, root's only) nor another child's
-home; cannot signal or trace the grader or another child; cannot start more than
-``Limits.processes`` processes and threads. It can still read what every user may read (the
-repository, ``bnlab/numpy``'s source and ``solutions/`` included, and submissions stored
-world-readable: keep them in a folder only root can enter), the interpreter's, virtual
-environment's and repository's folders even where only root may enter them (the child keeps
-them open to import from), write in ``/tmp`` (files that outlive the child), and use the
+before the first line of the notebook runs. It keeps one capability of root,
+CAP_DAC_READ_SEARCH (read any file, enter any folder: the interpreter, the virtual environment
+and the repository may sit where only root can enter, and imports happen during the calls
+too). The submission then cannot write the grader's files, the other submissions' notebooks,
+the report folder or another child's home; cannot signal or trace the grader or another
+child; cannot start more than ``Limits.processes`` processes and threads. It can read any
+file (the repository, ``bnlab/numpy``'s source and ``solutions/`` included, the notebooks
+and inputs of submissions graded at the same time: never expected values, which only the
+grader's process holds), write in ``/tmp`` (files that outlive the child), and use the
 network: there are no namespaces. Not root, or ``isolate_uid=False``, or a user namespace
 without these uids (a rootless container): children run as the grader's user, which protects
 none of the above (the limits, the kill of what is left and the checks on replies still hold).
