@@ -9,7 +9,7 @@ NBVAL := --nbval-lax --nbval-current-env --nbval-cell-timeout=300
 export OPENBLAS_NUM_THREADS := 1
 export OMP_NUM_THREADS := 1
 
-.PHONY: setup system-deps book test test-unit test-notebooks lab labs grade-bench clean
+.PHONY: setup system-deps book test test-unit test-notebooks lab labs grade-bench bench clean
 
 # Create the venv and install the pinned requirements and bnlab (editable), once per change
 # of requirements.txt or pyproject.toml.
@@ -56,6 +56,17 @@ labs: setup
 # The autograder's throughput: a class of 100 lab-1 submissions graded on every core.
 grade-bench: setup
 	$(PY) tests/class_throughput.py 100
+
+# BatchNorm speed (python -m bnlab.bench): every backend's forward, backward and both on
+# ResNet-50's and an MLP's shapes, against torch's own batch norm timed in the same run; on
+# the CPU at 1 thread, then on the GPU when torch sees one. Tables on stdout, reports in
+# _build/bench/bench-cpu.json and bench-cuda.json. More options: BENCH_ARGS="--threads 2".
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m bnlab.bench --device cpu --json _build/bench/bench-cpu.json $(BENCH_ARGS)
+	@if $(PY) -c 'import sys, torch; sys.exit(not torch.cuda.is_available())'; then \
+		echo; $(PY) -m bnlab.bench --device cuda --json _build/bench/bench-cuda.json $(BENCH_ARGS); \
+	else echo "No CUDA device: the GPU benchmark (and the triton backend) skipped."; fi
 
 clean:
 	rm -rf _build .pytest_cache .hypothesis

@@ -1,8 +1,18 @@
+import os
 import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, settings
+
+# Without a GPU, bnlab.kernels' Triton kernels run in Triton's interpreter on CPU tensors
+# (tests/test_kernels.py). Triton reads TRITON_INTERPRET where a kernel is defined
+# (@triton.jit), i.e. when bnlab.kernels is first imported, so it is set here, before any test
+# module; a value the user set (e.g. TRITON_INTERPRET=0) is kept. Nothing else here uses
+# triton: "auto" picks the kernels only for CUDA inputs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Deterministic property tests with no per-example deadline (torch's first call is slow).
 settings.register_profile(

@@ -38,7 +38,7 @@ CHAPTERS = ["book/intro", "book/forward", "book/backward", "book/training-infere
             "book/rmsnorm-ghost", "book/experiments", "book/exp-ioffe-figure1",
             "book/exp-learning-rate-init", "book/exp-batch-size", "book/exp-placement-dropout",
             "book/exp-landscape", "book/exp-overhead", "book/exp-inference-stats",
-            "book/instructors"]
+            "book/speed", "book/instructors"]
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -107,6 +107,15 @@ def test_toc_groups_the_family_into_its_own_part():
              for part in toc["parts"]}
     assert parts["The normalization family"] == [
         "book/family", "book/layer-group-instance", "book/batch-renorm", "book/rmsnorm-ghost"]
+
+
+def test_toc_puts_engineering_between_the_experiments_and_the_instructors():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    captions = [part["caption"] for part in toc["parts"]]
+    engineering = captions.index("Engineering BatchNorm")
+    assert captions[engineering - 1].startswith("Experiments")
+    assert captions[engineering + 1] == "For instructors"
+    assert "book/speed" in [entry["file"] for entry in toc["parts"][engineering]["chapters"]]
 
 
 def test_toc_gives_instructors_their_own_part_before_the_back_matter():
@@ -196,6 +205,7 @@ def test_chapters_execute_their_code(built_html):
                             ("book/layer-group-instance", "== torch.nn.InstanceNorm2d"),
                             ("book/batch-renorm", "== autograd with r, d detached"),
                             ("book/rmsnorm-ghost", "applied to each virtual batch"),
+                            ("book/speed", "fusing saves 40% of the forward traffic"),
                             ("book/instructors", "the grader exited with status 0")]:
         assert marker in (built_html / f"{chapter}.html").read_text(encoding="utf-8"), chapter
 

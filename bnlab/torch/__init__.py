@@ -2,7 +2,9 @@
 
 Written independently of bnlab.numpy (no NumPy reference code is called), so comparing
 the two backends checks something. Every layer runs on one autograd Function,
-``bnlab.torch.function.Normalize``, with a layout per family.
+``bnlab.torch.function.Normalize``, with a layout per family; BatchNorm on a CUDA tensor runs
+on bnlab's Triton kernels instead (``bnlab.kernels``; ``backend="auto"``, the default, picks
+them; ``"torch"`` or ``"triton"`` forces one).
 """
 
 from . import functional

@@ -17,7 +17,8 @@ from typing import NamedTuple
 
 import torch
 
-from .normalize import compute_dtype, mean_square, moments, normalize, normalize_backward
+from .normalize import (centered_moments, compute_dtype, mean_square, normalize_backward,
+                        normalize_centered, sum_over)
 
 
 class Layout(NamedTuple):
@@ -43,15 +44,19 @@ class Normalize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, layout, eps, centered, stats, renorm):
-        x_c = x.to(compute_dtype(x.dtype))  # float32 at least
+        x_c = x.to(compute_dtype(x.dtype))  # float32 at least (x itself when it is)
         xs = x_c.reshape(layout.view)  # x -> the statistics' view (see the table)
+        # y's memory, first used as scratch for the squares of the variance's second pass
+        y = torch.empty(layout.view, dtype=x_c.dtype, device=x_c.device)
         if stats is not None:
             mu, var = (s.to(x_c.dtype, copy=True) for s in stats)
+            x_mu = xs - mu
         elif centered:
-            mu, var = moments(xs, layout.dims)
+            mu, var, x_mu = centered_moments(xs, layout.dims, out=y)
         else:  # RMSNorm: "var" is the mean square and nothing is subtracted
-            mu, var = xs.new_zeros(()), mean_square(xs, layout.dims)
-        x_hat, rstd = normalize(xs, mu, var, eps)
+            mu, var = xs.new_zeros(()), mean_square(xs, layout.dims, out=y)
+            x_mu = xs.clone()  # x itself must not be overwritten below
+        x_hat, rstd = normalize_centered(x_mu, var, eps)  # in place: x_mu becomes x_hat
 
         r = d = None
         x_out = x_hat
@@ -60,12 +65,20 @@ class Normalize(torch.autograd.Function):
             sigma = torch.sqrt(running_var.to(x_c.dtype) + eps)
             r = (torch.sqrt(var + eps) / sigma).clamp(1 / rmax, rmax)  # eq-brn-r
             d = ((mu - running_mean.to(x_c.dtype)) / sigma).clamp(-dmax, dmax)  # eq-brn-d
-            x_out = x_hat * r + d  # eq-brn-xhat
-        y = x_out.reshape(x.shape)  # the view -> x's shape
-        if weight is not None:
-            y = y * weight.to(x_c.dtype).reshape(layout.affine)  # e.g. (C,) -> (1, C, 1)
-        if bias is not None:
-            y = y + bias.to(x_c.dtype).reshape(layout.affine)
+            x_out = torch.addcmul(d, x_hat, r)  # eq-brn-xhat: x_hat * r + d
+        x_out = x_out.reshape(x.shape)  # the view -> x's shape
+        y = y.reshape(x.shape)
+        # eq-bn-affine, y = weight * x_out + bias, written into y's memory in one pass
+        affine_weight = None if weight is None else weight.to(x_c.dtype).reshape(layout.affine)
+        affine_bias = None if bias is None else bias.to(x_c.dtype).reshape(layout.affine)
+        if affine_weight is not None and affine_bias is not None:
+            torch.addcmul(affine_bias, x_out, affine_weight, out=y)
+        elif affine_weight is not None:
+            torch.mul(x_out, affine_weight, out=y)
+        elif affine_bias is not None:
+            torch.add(x_out, affine_bias, out=y)
+        else:
+            y = x_out
 
         ctx.save_for_backward(x_hat, rstd, weight, r, d)
         ctx.layout, ctx.centered, ctx.batch_stats = layout, centered, stats is None
@@ -79,8 +92,15 @@ class Normalize(torch.autograd.Function):
         x_hat, rstd, weight, r, d = ctx.saved_tensors  # x_hat, rstd, r, d: the view's shape
         layout = ctx.layout
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-        dy_c = dy.to(x_hat.dtype).reshape(layout.view)  # x's shape -> the view
+        dy_c = dy.to(x_hat.dtype)  # dy itself when it has the compute dtype
         broadcast_dims = tuple(i for i, n in enumerate(layout.affine) if n == 1)
+        if r is None and layout.view == tuple(dy.shape) and broadcast_dims == layout.dims:
+            dx, dweight, dbias = _per_channel_backward(ctx, dy_c, x_hat, rstd, weight)
+            return (None if dx is None else dx.to(dy.dtype),
+                    None if dweight is None else dweight.to(weight.dtype),
+                    None if dbias is None else dbias.to(dy.dtype),
+                    None, None, None, None, None)
+        dy_c = dy_c.reshape(layout.view)  # x's shape -> the view
 
         def param_sum(t):  # sum over the dims weight is broadcast along; -> param shape
             return t.reshape(dy.shape).sum(dim=broadcast_dims).reshape(layout.param)
@@ -89,7 +109,7 @@ class Normalize(torch.autograd.Function):
         if need_dbias:
             dbias = param_sum(dy_c).to(dy.dtype)
         if need_dweight:
-            x_out = x_hat if r is None else x_hat * r + d  # what the weight multiplied
+            x_out = x_hat if r is None else torch.addcmul(d, x_hat, r)  # what weight multiplied
             dweight = param_sum(dy_c * x_out).to(weight.dtype)
         if need_dx:
             dx_hat = dy_c  # eq-bn-dxhat
@@ -104,3 +124,34 @@ class Normalize(torch.autograd.Function):
                 dx = dx_hat * rstd
             dx = dx.reshape(dy.shape).to(dy.dtype)  # the view -> x's shape
         return dx, dweight, dbias, None, None, None, None, None
+
+
+def _per_channel_backward(ctx, dy, x_hat, rstd, weight):
+    """Normalize.backward when the weight has one value per statistic (BatchNorm: weight,
+    bias and the statistics are all per channel, reduced over the same dims).
+
+    Then sum(dx_hat) = weight * sum(dy) and sum(dx_hat * x_hat) = weight * sum(dy * x_hat):
+    the two sums of eq-bn-dx are dbias and dweight (eq-bn-dbeta, eq-bn-dgamma), computed
+    once, and the weight joins rstd (dx is linear in dx_hat = weight * dy, eq-bn-dxhat).
+    Returns (dx, dweight, dbias) in the compute dtype, None where not needed.
+    """
+    dims, layout = ctx.layout.dims, ctx.layout
+    need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
+    sum_dy = sum_over(dy, dims)  # (1, C, 1, ...)
+    dx = dweight = None
+    if need_dx or need_dweight:
+        scratch = torch.mul(dy, x_hat)  # dy * x_hat; the same memory becomes dx below
+        sum_dy_x_hat = sum_over(scratch, dims)
+        dweight = sum_dy_x_hat.reshape(layout.param) if need_dweight else None
+    if need_dx:
+        weight_rstd = rstd  # gamma * rstd, the factor of eq-bn-dx
+        if weight is not None:
+            weight_rstd = weight.to(rstd.dtype).reshape(layout.affine) * rstd
+        if ctx.batch_stats:
+            m = dy.numel() // sum_dy.numel()  # numbers per statistic
+            dx = normalize_backward(dy, x_hat, weight_rstd, dims, ctx.centered,
+                                    means=(sum_dy / m, sum_dy_x_hat / m), out=scratch)
+        else:  # eq-bn-dx-eval: the statistics are constants
+            dx = torch.mul(dy, weight_rstd, out=scratch)
+    dbias = sum_dy.reshape(layout.param) if need_dbias else None
+    return dx, dweight, dbias

@@ -3,8 +3,12 @@
 Every function here builds a ``Layout`` (where its statistics come from) and calls the one
 autograd Function, ``function.Normalize``; running statistics, where a function has them,
 are updated afterwards from the statistics it returns. Only tensor ops: any device.
+``batch_norm`` can instead run on bnlab.kernels' Triton kernels (its ``backend`` argument);
+they are imported only then, so this module never imports triton by itself.
 """
 
+import importlib.util
+from functools import cache
 from math import prod
 
 import torch
@@ -71,16 +75,58 @@ def _check_batch_norm_args(input, running_mean, running_var, weight, bias, train
                      has_running_var=running_var is not None, eps=eps)
 
 
+BACKENDS = ("auto", "torch", "triton")
+# The input dtypes bnlab.kernels supports (its SUPPORTED_DTYPES; not imported from there,
+# which would import triton).
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def check_backend(where, backend):
+    if backend not in BACKENDS:
+        raise ValueError(
+            f"{where}: expected backend to be 'auto', 'torch' or 'triton'; got {backend!r}. "
+            "'torch' is bnlab's autograd Function, 'triton' bnlab.kernels' Triton kernels, "
+            "'auto' the kernels for CUDA inputs when triton is installed, else 'torch'.")
+
+
+@cache
+def _triton_installed():
+    return importlib.util.find_spec("triton") is not None  # finds it without importing it
+
+
+def _use_kernels(backend, input):
+    """Whether batch_norm runs on bnlab.kernels for this backend and input (see batch_norm)."""
+    check_backend("batch_norm", backend)
+    if backend == "auto":
+        return input.is_cuda and input.dtype in KERNEL_DTYPES and _triton_installed()
+    if backend == "triton" and not _triton_installed():
+        raise ValueError("batch_norm: backend='triton' runs bnlab.kernels' Triton kernels, "
+                         "but the triton package is not installed. Install it (pip install "
+                         "triton) or use backend='torch'.")
+    return backend == "triton"
+
+
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5):
+               momentum=0.1, eps=1e-5, *, backend="auto"):
     """Same signature and semantics as ``torch.nn.functional.batch_norm``.
 
     input: (N, C, *spatial). running_mean, running_var: (C,) or None; updated in place in
     training (unbiased variance, ``momentum`` = weight of the new batch; eq-bn-running-mean,
     eq-bn-running-var). weight, bias: (C,) or None. Statistics per channel over every axis
     but 1 (eq-bn-mean .. eq-bn-affine); gradients from the closed form eq-bn-dx.
+
+    backend (keyword-only): "torch" runs bnlab's autograd Function (any device); "triton"
+    runs bnlab.kernels.batch_norm, Triton kernels (CUDA; a CPU input needs Triton's
+    interpreter, TRITON_INTERPRET=1); "auto" (the default) picks "triton" for a CUDA input
+    of a dtype the kernels support (float32, float16, bfloat16, float64) when triton is
+    installed, else "torch". The kernels' backward is not differentiable twice.
     """
     _check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
+    if _use_kernels(backend, input):
+        from ..kernels import batch_norm as kernel_batch_norm  # imports triton, on first use
+
+        return kernel_batch_norm(input, running_mean, running_var, weight, bias, training,
+                                 momentum, eps)
     stats = None
     if not training:  # eq-bn-eval
         stats = (_as_channel_column(running_mean, input.ndim),

@@ -16,6 +16,7 @@ from .._renorm import batch_renorm_schedule
 from .functional import (
     batch_norm,
     batch_renorm,
+    check_backend,
     ghost_batch_norm,
     group_norm,
     instance_norm,
@@ -98,9 +99,26 @@ class _NormBase(nn.Module):
 
 
 class _BatchNorm(_NormBase):
-    """Shared by BatchNorm1d/2d/3d, which differ only in the input ranks they accept."""
+    """Shared by BatchNorm1d/2d/3d, which differ only in the input ranks they accept.
+
+    backend (keyword-only, not in torch.nn's): "auto" (default), "torch" or "triton", passed
+    to bnlab.torch.functional.batch_norm; a plain attribute, so state_dict keys stay torch's.
+    Batch Renorm and Ghost BatchNorm, which subclass this, always run on "torch".
+    """
 
     _ranks = ()  # accepted input ranks, set by subclasses
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, device=None, dtype=None, *, bias=True,
+                 backend="auto"):
+        check_backend(type(self).__name__, backend)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device,
+                         dtype, bias=bias)
+        self.backend = backend
+
+    def extra_repr(self):  # torch's repr, plus the backend when it is not the default
+        backend = "" if self.backend == "auto" else f", backend={self.backend!r}"
+        return super().extra_repr() + backend
 
     def _batch_norm_arguments(self):
         """(running_mean, running_var, use_batch_stats, momentum factor) for this call,
@@ -121,7 +139,7 @@ class _BatchNorm(_NormBase):
         self._check_rank(input)
         running_mean, running_var, use_batch_stats, factor = self._batch_norm_arguments()
         return batch_norm(input, running_mean, running_var, self.weight, self.bias,
-                          use_batch_stats, factor, self.eps)
+                          use_batch_stats, factor, self.eps, backend=self.backend)
 
 
 class BatchNorm1d(_BatchNorm):
