@@ -65,16 +65,21 @@ def test_parameter_bytes_count_gamma_beta_and_running_buffers():
     assert p1 - p0 == 4 * 2 * 24 and b1 == 4 * 2 * 24 + 8  # + int64 num_batches_tracked
 
 
-@pytest.mark.parametrize("bn_class", [nn.BatchNorm1d, bt.BatchNorm1d])
-def test_fold_linear_matches_eval_mode(bn_class):
-    torch.manual_seed(0)
-    linear, bn = nn.Linear(7, 5).double(), bn_class(5).double()
+def trained_eval_mode(bn):
+    """Give ``bn`` running statistics and affine parameters far from their defaults; eval mode."""
     with torch.no_grad():
         bn.running_mean.normal_(0, 3)
         bn.running_var.uniform_(0.2, 5)
         bn.weight.uniform_(0.5, 2)
         bn.bias.normal_()
     bn.eval()
+
+
+@pytest.mark.parametrize("bn_class", [nn.BatchNorm1d, bt.BatchNorm1d])
+def test_fold_linear_matches_eval_mode(bn_class):
+    torch.manual_seed(0)
+    linear, bn = nn.Linear(7, 5).double(), bn_class(5).double()
+    trained_eval_mode(bn)
     x = 5 * torch.randn(9, 7, dtype=torch.float64) + 12
     folded = fold_batch_norm(linear, bn)
     # independent expectation: eq-bn-eval written out by hand
@@ -87,12 +92,7 @@ def test_fold_linear_matches_eval_mode(bn_class):
 def test_fold_conv_without_bias_matches_eval_mode():
     torch.manual_seed(1)
     conv, bn = nn.Conv2d(3, 4, 3, bias=False).double(), bt.BatchNorm2d(4).double()
-    with torch.no_grad():
-        bn.running_mean.normal_(0, 3)
-        bn.running_var.uniform_(0.2, 5)
-        bn.weight.uniform_(0.5, 2)
-        bn.bias.normal_()
-    bn.eval()
+    trained_eval_mode(bn)
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(fold_batch_norm(conv, bn)(x), bn(conv(x)), rtol=1e-12,
