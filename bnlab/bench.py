@@ -6,6 +6,7 @@ batch norm measured in the same run, and against the machine's copy bandwidth.
     make bench                               # the full run; writes the JSON report
     THP_MEM_ALLOC_ENABLE=1 python -m bnlab.bench   # torch's big allocations on huge pages,
                                                    # as NumPy's are by default
+    python -m bnlab.bench --system-allocator       # glibc returns big freed blocks at once
 
 Backends: ``numpy`` (``bnlab.numpy.batch_norm_forward`` / ``batch_norm_backward``, CPU
 only), ``bnlab.torch`` (``bnlab.torch.functional.batch_norm``, its closed-form backward
@@ -18,7 +19,9 @@ Timing. The backends take turns, one call each per round, so that a machine slow
 (other jobs, a CPU clock change) slows them alike; warm-up rounds come first and the time
 reported is the median of ``repeats`` rounds, by ``time.perf_counter`` on the CPU and CUDA
 events on a GPU. In each round a backend's timed call follows an untimed one, so that the
-memory it allocates is already mapped in, as in a training loop (see ``_median_ms``).
+memory it allocates is already mapped in, as in a training loop (see ``_median_ms``); on the
+CPU, glibc is told to keep freed memory mapped (``keep_freed_memory``), or the untimed call's
+memory above 32 MB would have gone back to the system before the timed call runs.
 ``forward`` is a training-mode forward pass with gradients enabled (what a training step
 runs, running statistics updated); ``backward`` is timed alone, again and again from one
 saved forward (the NumPy cache, or the autograd graph kept with ``retain_graph=True``);
@@ -50,6 +53,7 @@ for on this machine. On CUDA the datasheet peak of known GPUs is shown too, labe
 """
 
 import argparse
+import ctypes
 import datetime
 import functools
 import inspect
@@ -180,7 +184,33 @@ def memory_settings():
     except AttributeError:  # a NumPy without the (private) query
         numpy_madvise = None
     return {"transparent_hugepage": thp, "numpy_madvise_hugepage": numpy_madvise,
-            "torch_THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE")}
+            "torch_THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE"),
+            "glibc_keeps_freed_memory": _KEEPS_FREED_MEMORY}
+
+
+_KEEPS_FREED_MEMORY = False  # whether keep_freed_memory() took effect in this process
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory mapped, as a caching allocator does (torch's CUDA
+    allocator always does): every allocation comes from the heap (``mallopt(M_MMAP_MAX, 0)``)
+    and the heap is never trimmed (``M_TRIM_THRESHOLD`` at its maximum). By default glibc
+    returns each freed block above 32 MB to the system, so the next allocation of that size
+    pays for mapping memory in again (about 60 ms per 100 MB with 4 KiB pages, measured),
+    whether that happens depends on the order of the allocations before it, and the ratio
+    of two backends over the MLP shape swung from 0.9 to 1.7 between identical runs.
+    ``python -m bnlab.bench`` calls this on the CPU unless given ``--system-allocator``; the
+    JSON report records which (``memory.glibc_keeps_freed_memory``). Returns whether it
+    took effect (False off glibc)."""
+    global _KEEPS_FREED_MEMORY
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        _KEEPS_FREED_MEMORY = bool(libc.mallopt(m_mmap_max, 0)) and bool(
+            libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        _KEEPS_FREED_MEMORY = False
+    return _KEEPS_FREED_MEMORY
 
 
 @contextmanager
@@ -567,6 +597,10 @@ def main(argv=None):
                              "all). torch native is always measured: it is the baseline")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first")
+    parser.add_argument("--system-allocator", action="store_true",
+                        help="leave glibc's malloc as it is (by default, on the CPU, freed "
+                             "memory stays mapped, as in a caching allocator: see "
+                             "keep_freed_memory)")
     parser.add_argument("--json", type=Path, default=None,
                         help="where to write the report (default _build/bench/bench-DEVICE.json)")
     args = parser.parse_args(argv)
@@ -584,10 +618,13 @@ def main(argv=None):
           ("" if args.device == "cuda" else f", {desc['logical_cpus']} logical CPUs"))
     print(f"threads: {args.threads} (torch.set_num_threads and threadpoolctl for NumPy)")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions().items()))
+    if args.device == "cpu" and not args.system_allocator:
+        keep_freed_memory()
     mem = memory_settings()
     print(f"huge pages: kernel {mem['transparent_hugepage']}; NumPy madvise "
           f"{mem['numpy_madvise_hugepage']}; torch THP_MEM_ALLOC_ENABLE="
-          f"{mem['torch_THP_MEM_ALLOC_ENABLE'] or 'unset'}")
+          f"{mem['torch_THP_MEM_ALLOC_ENABLE'] or 'unset'}; freed memory kept mapped: "
+          f"{mem['glibc_keeps_freed_memory']}")
     copy_gbps = copy_bandwidth(args.device, args.threads)
     print(f"copy bandwidth, measured now: {copy_gbps:.1f} GB/s (256 MiB float32 copy, "
           "read + write)")

@@ -195,3 +195,17 @@ def test_functional_on_cuda_matches_cpu_float64():
         results.append((y.detach().cpu(), xd.grad.cpu()))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, **tolerance(torch.float64, 16 * 49))
+
+
+@pytest.mark.parametrize("shape, dims", [((300, 2048), (0,)), ((5, 7), (0,)), ((6, 5, 4, 3), (0, 2, 3)),
+                                         ((6, 5, 4, 3), (2, 3)), ((6, 5, 4), (1,)),
+                                         ((4, 3, 5, 6), (1, 3))])
+def test_sum_of_products_equals_the_sum_of_the_stored_product(shape, dims):
+    # (300, 2048) over 0 takes the block loop (64 rows of float64 a block: 5, the last short)
+    from bnlab.torch.normalize import sum_of_products
+    a = 5 * torch.randn(shape, dtype=torch.float64) + 12
+    b = torch.randn(shape, dtype=torch.float64)
+    for u, v in [(a, b), (a, a), (a.transpose(0, -1), b.transpose(0, -1))]:
+        expected = (u * v).sum(dim=dims, keepdim=True)
+        scale = (u * v).abs().sum(dim=dims, keepdim=True)  # what rounding errors scale with
+        assert ((sum_of_products(u, v, dims) - expected).abs() <= 1e-14 * scale).all()

@@ -13,12 +13,13 @@ Batch Renorm correction. The backward pass is the book's closed form, not autogr
     Batch Renorm BatchNorm's, x_hat * r + d          all but 1         (C,)
 """
 
+from math import prod
 from typing import NamedTuple
 
 import torch
 
-from .normalize import (centered_moments, compute_dtype, mean_square, normalize_backward,
-                        normalize_centered, sum_over)
+from .normalize import (compute_dtype, mean_over, normalize_backward, row_blocks, sum_of_products,
+                        sum_over)
 
 
 class Layout(NamedTuple):
@@ -46,61 +47,38 @@ class Normalize(torch.autograd.Function):
     def forward(ctx, x, weight, bias, layout, eps, centered, stats, renorm):
         x_c = x.to(compute_dtype(x.dtype))  # float32 at least (x itself when it is)
         xs = x_c.reshape(layout.view)  # x -> the statistics' view (see the table)
-        # y's memory, first used as scratch for the squares of the variance's second pass
-        y = torch.empty(layout.view, dtype=x_c.dtype, device=x_c.device)
-        if stats is not None:
-            mu, var = (s.to(x_c.dtype, copy=True) for s in stats)
-            x_mu = xs - mu
-        elif centered:
-            mu, var, x_mu = centered_moments(xs, layout.dims, out=y)
-        else:  # RMSNorm: "var" is the mean square and nothing is subtracted
-            mu, var = xs.new_zeros(()), mean_square(xs, layout.dims, out=y)
-            x_mu = xs.clone()  # x itself must not be overwritten below
-        x_hat, rstd = normalize_centered(x_mu, var, eps)  # in place: x_mu becomes x_hat
-
-        r = d = None
-        x_out = x_hat
-        if renorm is not None:
-            running_mean, running_var, rmax, dmax = renorm
-            sigma = torch.sqrt(running_var.to(x_c.dtype) + eps)
-            r = (torch.sqrt(var + eps) / sigma).clamp(1 / rmax, rmax)  # eq-brn-r
-            d = ((mu - running_mean.to(x_c.dtype)) / sigma).clamp(-dmax, dmax)  # eq-brn-d
-            x_out = torch.addcmul(d, x_hat, r)  # eq-brn-xhat: x_hat * r + d
-        x_out = x_out.reshape(x.shape)  # the view -> x's shape
-        y = y.reshape(x.shape)
-        # eq-bn-affine, y = weight * x_out + bias, written into y's memory in one pass
-        affine_weight = None if weight is None else weight.to(x_c.dtype).reshape(layout.affine)
-        affine_bias = None if bias is None else bias.to(x_c.dtype).reshape(layout.affine)
-        if affine_weight is not None and affine_bias is not None:
-            torch.addcmul(affine_bias, x_out, affine_weight, out=y)
-        elif affine_weight is not None:
-            torch.mul(x_out, affine_weight, out=y)
-        elif affine_bias is not None:
-            torch.add(x_out, affine_bias, out=y)
+        m = xs.numel() // prod(xs.shape[d] for d in range(xs.ndim) if d not in layout.dims)
+        ctx.per_statistic = _weight_per_statistic(layout, x.shape, renorm is not None)
+        if ctx.per_statistic:  # BatchNorm
+            y, mu, var, rstd = _per_channel_forward(xs, weight, bias, layout, eps, stats, m)
+            r = d = None
         else:
-            y = x_out
-
-        ctx.save_for_backward(x_hat, rstd, weight, r, d)
+            y, mu, var, rstd, r, d = _layout_forward(xs, x.shape, weight, bias, layout, eps,
+                                                      centered, stats, renorm, m)
+        # x, not x_hat: no second buffer of x's size; the backward recomputes x_hat from it
+        ctx.save_for_backward(x, mu, rstd, weight, r, d)
         ctx.layout, ctx.centered, ctx.batch_stats = layout, centered, stats is None
         ctx.mark_non_differentiable(mu, var)
-        return y.to(x.dtype), mu, var
+        return y.reshape(x.shape).to(x.dtype), mu, var
 
     @staticmethod
     def backward(ctx, dy, _dmu, _dvar):
         """dbias (eq-bn-dbeta), dweight (eq-bn-dgamma), dx (eq-bn-dx, eq-rms-dx, eq-brn-dx
         or eq-bn-dx-eval)."""
-        x_hat, rstd, weight, r, d = ctx.saved_tensors  # x_hat, rstd, r, d: the view's shape
+        x, mu, rstd, weight, r, d = ctx.saved_tensors  # mu, rstd, r, d: the view's rank
         layout = ctx.layout
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-        dy_c = dy.to(x_hat.dtype)  # dy itself when it has the compute dtype
-        broadcast_dims = tuple(i for i, n in enumerate(layout.affine) if n == 1)
-        if r is None and layout.view == tuple(dy.shape) and broadcast_dims == layout.dims:
-            dx, dweight, dbias = _per_channel_backward(ctx, dy_c, x_hat, rstd, weight)
+        xs = x.to(rstd.dtype).reshape(layout.view)  # x -> the view, in the compute dtype
+        dy_c = dy.to(rstd.dtype)  # dy itself when it has the compute dtype
+        if ctx.per_statistic:
+            dx, dweight, dbias = _per_channel_backward(ctx, dy_c, xs, mu, rstd, weight)
             return (None if dx is None else dx.to(dy.dtype),
                     None if dweight is None else dweight.to(weight.dtype),
                     None if dbias is None else dbias.to(dy.dtype),
                     None, None, None, None, None)
+        x_hat = torch.sub(xs, mu).mul_(rstd)  # eq-bn-xhat, recomputed
         dy_c = dy_c.reshape(layout.view)  # x's shape -> the view
+        broadcast_dims = tuple(i for i, n in enumerate(layout.affine) if n == 1)
 
         def param_sum(t):  # sum over the dims weight is broadcast along; -> param shape
             return t.reshape(dy.shape).sum(dim=broadcast_dims).reshape(layout.param)
@@ -126,32 +104,121 @@ class Normalize(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None, None, None
 
 
-def _per_channel_backward(ctx, dy, x_hat, rstd, weight):
-    """Normalize.backward when the weight has one value per statistic (BatchNorm: weight,
-    bias and the statistics are all per channel, reduced over the same dims).
+def _layout_forward(x, x_shape, weight, bias, layout, eps, centered, stats, renorm, m):
+    """Normalize.forward for any layout (x is the view): returns (y, mu, var, rstd, r, d),
+    y of x_shape; r, d: Batch Renorm's correction (None without renorm)."""
+    # y's memory holds x - mu, then x_hat, then y: the one buffer of x's size allocated
+    y = torch.empty_like(x)
+    if stats is not None:
+        mu, var = (s.to(x.dtype, copy=True) for s in stats)
+        torch.sub(x, mu, out=y)
+    elif centered:  # two passes: eq-bn-mean, then eq-bn-var around it
+        mu = mean_over(x, layout.dims)
+        var = sum_of_products(torch.sub(x, mu, out=y), y, layout.dims) / m
+    else:  # RMSNorm: "var" is the mean square and nothing is subtracted
+        mu, var = x.new_zeros(()), sum_of_products(x, x, layout.dims) / m
+        y.copy_(x)
+    rstd = torch.rsqrt(var + eps)  # eq-bn-xhat: x_hat = (x - mu) * rstd
+    r = d = None
+    if renorm is None:
+        y.mul_(rstd)
+    else:
+        running_mean, running_var, rmax, dmax = renorm
+        sigma = torch.sqrt(running_var.to(x.dtype) + eps)
+        r = (torch.sqrt(var + eps) / sigma).clamp(1 / rmax, rmax)  # eq-brn-r
+        d = ((mu - running_mean.to(x.dtype)) / sigma).clamp(-dmax, dmax)  # eq-brn-d
+        torch.addcmul(d, y, rstd * r, out=y)  # eq-brn-xhat: x_hat * r + d
+    y = y.reshape(x_shape)  # the view -> x's shape, which weight and bias broadcast against
+    # eq-bn-affine, y = weight * x_out + bias, in y's memory, in one pass
+    affine_weight = None if weight is None else weight.to(x.dtype).reshape(layout.affine)
+    affine_bias = None if bias is None else bias.to(x.dtype).reshape(layout.affine)
+    if affine_weight is not None and affine_bias is not None:
+        torch.addcmul(affine_bias, y, affine_weight, out=y)
+    elif affine_weight is not None:
+        y.mul_(affine_weight)
+    elif affine_bias is not None:
+        y.add_(affine_bias)
+    return y, mu, var, rstd, r, d
+
+
+def _weight_per_statistic(layout, shape, renorm):
+    """Whether weight has one value per statistic, reduced over the same dims (BatchNorm,
+    and x is the view): then weight and rstd join into one factor."""
+    broadcast_dims = tuple(i for i, n in enumerate(layout.affine) if n == 1)
+    return not renorm and layout.view == tuple(shape) and broadcast_dims == layout.dims
+
+
+def _per_channel_forward(x, weight, bias, layout, eps, stats, m):
+    """Normalize.forward for BatchNorm (weight, bias and statistics per channel, x the view):
+    two passes for the statistics (eq-bn-mean; eq-bn-var around mu) and one for
+    y = (x - mu) * (weight * rstd) + bias (eq-bn-xhat, eq-bn-affine: weight and rstd join),
+    the last two block by block (``row_blocks``) so that x - mu is made in cache and never
+    stored whole. One buffer of x's size is allocated: y. Returns (y, mu, var, rstd)."""
+    dims, blocks = layout.dims, row_blocks(x)
+    if stats is not None:
+        mu, var = (s.to(x.dtype, copy=True) for s in stats)
+    else:
+        mu = mean_over(x, dims)
+        scratch = torch.empty_like(x[blocks[0]])
+        sum_sq = 0  # sum((x - mu)^2), eq-bn-var's numerator
+        for rows in blocks:
+            x_mu = torch.sub(x[rows], mu, out=scratch[:len(x[rows])])
+            sum_sq = sum_sq + sum_over(x_mu.square_(), dims)
+        var = sum_sq / m
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if weight is None else weight.to(x.dtype).reshape(layout.affine) * rstd
+    shift = None if bias is None else bias.to(x.dtype).reshape(layout.affine)
+    y = torch.empty_like(x)
+    for rows in blocks:
+        y_rows = torch.sub(x[rows], mu, out=y[rows])
+        if shift is None:
+            y_rows.mul_(scale)
+        else:
+            torch.addcmul(shift, y_rows, scale, out=y_rows)
+    return y, mu, var, rstd
+
+
+def _per_channel_backward(ctx, dy, x, mu, rstd, weight):
+    """Normalize.backward for BatchNorm (weight, bias and the statistics all per channel,
+    reduced over the same dims).
 
     Then sum(dx_hat) = weight * sum(dy) and sum(dx_hat * x_hat) = weight * sum(dy * x_hat):
     the two sums of eq-bn-dx are dbias and dweight (eq-bn-dbeta, eq-bn-dgamma), computed
     once, and the weight joins rstd (dx is linear in dx_hat = weight * dy, eq-bn-dxhat).
+    x_hat = (x - mu) * rstd is never stored: block by block (``row_blocks``), x - mu is made
+    in cache, first for the two sums, then for dx, eq-bn-dx expanded:
+
+        dx = weight_rstd * (dy - mean(dy)) - weight_rstd * rstd^2 * mean(dy * (x - mu)) * (x - mu)
+
+    so x and dy are read twice and dx written once, as torch's own kernel does.
     Returns (dx, dweight, dbias) in the compute dtype, None where not needed.
     """
     dims, layout = ctx.layout.dims, ctx.layout
     need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-    sum_dy = sum_over(dy, dims)  # (1, C, 1, ...)
-    dx = dweight = None
-    if need_dx or need_dweight:
-        scratch = torch.mul(dy, x_hat)  # dy * x_hat; the same memory becomes dx below
-        sum_dy_x_hat = sum_over(scratch, dims)
-        dweight = sum_dy_x_hat.reshape(layout.param) if need_dweight else None
+    blocks = row_blocks(x)
+    dx = torch.empty_like(x) if need_dx else None
+    scratch = dx if dx is not None else torch.empty_like(x[blocks[0]])
+    sum_dy = sum_dy_x_mu = 0  # sum(dy), sum(dy * (x - mu)), per channel
+    for rows in blocks:
+        dy_rows = dy[rows]
+        x_mu = torch.sub(x[rows], mu, out=scratch[rows] if dx is not None else scratch[:len(dy_rows)])
+        sum_dy = sum_dy + sum_over(dy_rows, dims)
+        sum_dy_x_mu = sum_dy_x_mu + sum_over(x_mu.mul_(dy_rows), dims)
+    sum_dy_x_hat = sum_dy_x_mu * rstd
     if need_dx:
         weight_rstd = rstd  # gamma * rstd, the factor of eq-bn-dx
         if weight is not None:
             weight_rstd = weight.to(rstd.dtype).reshape(layout.affine) * rstd
-        if ctx.batch_stats:
-            m = dy.numel() // sum_dy.numel()  # numbers per statistic
-            dx = normalize_backward(dy, x_hat, weight_rstd, dims, ctx.centered,
-                                    means=(sum_dy / m, sum_dy_x_hat / m), out=scratch)
-        else:  # eq-bn-dx-eval: the statistics are constants
-            dx = torch.mul(dy, weight_rstd, out=scratch)
+        m = dy.numel() // sum_dy.numel()  # numbers per statistic
+        if not ctx.batch_stats:  # eq-bn-dx-eval: the statistics are constants
+            torch.mul(dy, weight_rstd, out=dx)
+        else:
+            mean_dy = sum_dy / m if ctx.centered else torch.zeros_like(sum_dy)
+            shift = -weight_rstd * mean_dy  # the path through mu
+            slope = -weight_rstd * rstd * sum_dy_x_hat / m  # the path through var
+            for rows in blocks:
+                dx_rows = torch.sub(x[rows], mu, out=dx[rows])
+                torch.addcmul(shift, dx_rows, slope, out=dx_rows).addcmul_(dy[rows], weight_rstd)
+    dweight = sum_dy_x_hat.reshape(layout.param) if need_dweight else None
     dbias = sum_dy.reshape(layout.param) if need_dbias else None
     return dx, dweight, dbias

@@ -21,11 +21,52 @@ def sum_over(x, dims):
     dims=() sums nothing (torch's own ``sum(dim=())`` would sum everything)."""
     if not dims:
         return x.clone()
-    trailing = tuple(d for d in dims if all(e in dims for e in range(d, x.ndim)))
-    leading = tuple(d for d in dims if d not in trailing)
+    trailing, leading = _split_dims(x.ndim, dims)
     if trailing and leading:
         return x.sum(dim=trailing, keepdim=True).sum(dim=leading, keepdim=True)
     return x.sum(dim=dims, keepdim=True)
+
+
+def _split_dims(ndim, dims):
+    """dims -> (trailing, leading): the dims of ``dims`` that end x's shape (contiguous in
+    memory: (2, 3) of (N, C, H, W) reduced over (0, 2, 3)) and the others ((0,))."""
+    trailing = tuple(d for d in dims if all(e in dims for e in range(d, ndim)))
+    return trailing, tuple(d for d in dims if d not in trailing)
+
+
+def sum_of_products(a, b, dims):
+    """sum(a * b) over ``dims``, keepdim, WITHOUT a temporary of a's size (the product is
+    never stored): per row of the trailing dims a batched dot product (bmm of (rows, 1, L)
+    by (rows, L, 1)), then a sum over the leading dims; with no trailing dim to reduce
+    ((N, C) over 0), a loop over blocks of dim 0 whose products stay in cache. Allocating
+    and first touching a buffer of x's size costs as much as a pass over it (``python -m
+    bnlab.bench``). a is b gives the sum of squares, by ``torch.linalg.vector_norm``."""
+    trailing, leading = _split_dims(a.ndim, dims)
+    if trailing:
+        if a is b:  # sum of squares = norm^2
+            rows = torch.linalg.vector_norm(a, dim=trailing, keepdim=True).square_()
+        else:
+            length = prod(a.shape[d] for d in trailing)
+            rows = torch.bmm(a.reshape(-1, 1, length), b.reshape(-1, length, 1))
+            rows = rows.reshape([1 if d in trailing else n for d, n in enumerate(a.shape)])
+        return rows.sum(dim=leading, keepdim=True) if leading else rows
+    if 0 not in dims:  # no block loop possible: the product is stored
+        return sum_over(a * b, dims)
+    blocks = row_blocks(a)
+    scratch = torch.empty_like(a[blocks[0]])
+    total = 0
+    for rows in blocks:
+        a_rows, b_rows = a[rows], b[rows]
+        total = total + sum_over(torch.mul(a_rows, b_rows, out=scratch[:len(a_rows)]), dims)
+    return total
+
+
+def row_blocks(x, budget=1 << 20):
+    """Slices of x's dim 0 of about ``budget`` bytes each (one row at least). Several
+    operations applied to one block, then to the next, read x from memory once: the block
+    stays in cache between them, where whole-tensor operations would each read x anew."""
+    rows = max(1, budget // max(1, x[0].numel() * x.element_size()))
+    return [slice(start, start + rows) for start in range(0, x.shape[0], rows)]
 
 
 def mean_over(x, dims):
