@@ -23,6 +23,12 @@ Lab 3 (not ``answers``: its key is the grader's)::
     check.batch_statistics_noise(batch_statistics_noise)
     check.scaled_learning_rate(scaled_learning_rate)
 
+Lab 4::
+
+    check.merge_batch_statistics(merge_batch_statistics)
+    check.sync_running_statistics(sync_running_statistics)
+    check.fold_batch_norm(fold_batch_norm)
+
 Each runs the autograder's own public cases of that lab that call only the functions you pass
 (the same plans, mistakes and tolerances, ``bnlab.grade.core``, on inputs drawn with another
 seed), prints PASS or FAIL per case with the grader's messages, and raises
@@ -132,3 +138,22 @@ def batch_statistics_noise(noise):
 def scaled_learning_rate(scale):
     """The linear scaling rule for an array of batch sizes."""
     return run_checks("scaled_learning_rate", "lab03", {"scaled_learning_rate": scale})
+
+
+# --- lab 4: SyncBatchNorm's statistics and folding BatchNorm away
+
+def merge_batch_statistics(merge):
+    """The global mean and biased variance from per-replica counts, means and variances
+    (uneven shards, float32, a single-sample and an empty replica)."""
+    return run_checks("merge_batch_statistics", "lab04", {"merge_batch_statistics": merge})
+
+
+def sync_running_statistics(running):
+    """The running statistics after a synchronized step: merged, unbiased with the global count
+    (it may call your merge_batch_statistics)."""
+    return run_checks("sync_running_statistics", "lab04", {"sync_running_statistics": running})
+
+
+def fold_batch_norm(fold):
+    """BatchNorm folded into a Linear or Conv layer's weight and bias (with and without bias, float32)."""
+    return run_checks("fold_batch_norm", "lab04", {"fold_batch_norm": fold})

@@ -38,7 +38,7 @@ CHAPTERS = ["book/intro", "book/forward", "book/backward", "book/training-infere
             "book/rmsnorm-ghost", "book/experiments", "book/exp-ioffe-figure1",
             "book/exp-learning-rate-init", "book/exp-batch-size", "book/exp-placement-dropout",
             "book/exp-landscape", "book/exp-overhead", "book/exp-inference-stats",
-            "book/speed", "book/instructors"]
+            "book/speed", "book/across-devices", "book/inference-deploy", "book/instructors"]
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -16,7 +16,7 @@ PAIRS = labs.pairs(ROOT)
 
 def test_there_are_labs():
     assert [os.path.basename(m) for m, _ in PAIRS] == ["lab01_batchnorm.ipynb", "lab02_normalization_family.ipynb",
-                                                   "lab03_batch_size.ipynb"]
+                                                   "lab03_batch_size.ipynb", "lab04_sync_and_folding.ipynb"]
 
 
 @pytest.mark.parametrize("master,lab", PAIRS, ids=[os.path.basename(m) for m, _ in PAIRS])

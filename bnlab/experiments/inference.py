@@ -1,69 +1,41 @@
 """Inference statistics: precise (population) BatchNorm statistics and train-mode evaluation.
 
 * ``precise_bn``: recompute every BatchNorm layer's running statistics as the plain average
-  over training batches with the final weights (Wu & Johnson 2021's "precise BN"), using
-  momentum=None (eq-bn-cma).
+  over training batches with the final weights (Wu & Johnson 2021's "precise BN"), the
+  average that momentum=None (eq-bn-cma) computes: ``bnlab.torch.inference.precise_batch_norm``
+  with estimator="batch_average".
 * ``EmaTracker``: the running statistics that several momenta would have produced, tracked
   side by side during one training run (BatchNorm's momentum does not change training).
 * ``train_mode_accuracy``: accuracy of a network left in training mode (the "forgot eval()"
   mistake), on test batches of a given size.
+
+``is_batch_norm`` and ``batch_norm_layers`` live in ``bnlab.torch.inference`` and are
+importable from here too.
 """
 
 import copy
 
 import torch
-from torch import nn
+
+from ..torch.inference import batch_norm_layers, is_batch_norm, precise_batch_norm
+
+__all__ = ["is_batch_norm", "batch_norm_layers", "precise_bn", "train_mode_accuracy",
+           "EmaTracker"]
 
 
-def is_batch_norm(module):
-    """Whether ``module`` is a BatchNorm layer, torch.nn's or bnlab's (any rank, and bnlab's
-    Batch Renorm and Ghost BatchNorm, which derive from its BatchNorm)."""
-    from ..torch.modules import _BatchNorm as BnlabBatchNorm
-
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, BnlabBatchNorm))
-
-
-def batch_norm_layers(model):
-    """The BatchNorm layers of ``model`` with running statistics (torch.nn's or bnlab's)."""
-    return [m for m in model.modules() if is_batch_norm(m) and m.track_running_stats]
-
-
-@torch.no_grad()
 def precise_bn(model, data, batch_size, num_batches):
     """Replace the running statistics of every BatchNorm layer of ``model`` by the average
-    of the batch statistics over ``num_batches`` consecutive batches of ``data``.
-
-    data: a tensor of training inputs (N, ...) or a Dataset (its x_train is used); the first
-    ``num_batches * batch_size`` examples are used, in order. Each layer's statistics are
-    reset and ``momentum`` set to None, so that ``num_batches`` training-mode forward passes
-    make running_mean the mean of the batch means and running_var the mean of the unbiased
-    batch variances (eq-bn-cma); then momentum and the model's mode are restored. No weight
+    of the batch statistics over ``num_batches`` consecutive batches of ``batch_size``
+    examples of ``data`` (a tensor of training inputs, or a Dataset: its x_train), in
+    training mode: running_mean becomes the mean of the batch means and running_var the mean
+    of the unbiased batch variances, what momentum=None (eq-bn-cma) leaves. No weight
     changes. Returns ``model``.
+
+    This is ``bnlab.torch.inference.precise_batch_norm(model, data, batch_size, num_batches,
+    estimator="batch_average")``, which also offers statistics pooled over all examples
+    and gathered in evaluation mode.
     """
-    x = getattr(data, "x_train", data)
-    layers = batch_norm_layers(model)
-    if not layers:
-        raise ValueError("precise_bn: expected a model with BatchNorm layers that track "
-                         "running statistics; found none.")
-    if num_batches < 1 or batch_size < 2 or num_batches * batch_size > len(x):
-        raise ValueError(f"precise_bn: expected num_batches >= 1 and batch_size >= 2 with "
-                         f"num_batches * batch_size <= {len(x)} examples; got "
-                         f"num_batches={num_batches}, batch_size={batch_size}. Use fewer or "
-                         f"smaller batches.")
-    was_training = model.training
-    momenta = [layer.momentum for layer in layers]
-    for layer in layers:
-        layer.reset_running_stats()
-        layer.momentum = None  # cumulative average, eq-bn-cma
-    model.train()
-    try:
-        for k in range(num_batches):
-            model(x[k * batch_size:(k + 1) * batch_size])
-    finally:
-        for layer, momentum in zip(layers, momenta):
-            layer.momentum = momentum
-        model.train(was_training)
-    return model
+    return precise_batch_norm(model, data, batch_size, num_batches, estimator="batch_average")
 
 
 @torch.no_grad()

@@ -1,5 +1,7 @@
 """Measuring what BatchNorm costs: time per step, activation memory saved for backward,
-parameters and buffers, and folding into the preceding layer for inference.
+parameters and buffers, and folding into the preceding layer for inference
+(``fold_batch_norm`` and ``fold`` live in ``bnlab.torch.inference``; ``fold_step_times``
+times a model against its folded copy, e.g. ``resnet_like()``).
 
 Timings are noisy and machine-dependent, so ``step_times`` interleaves the models it
 compares and reports medians, and chapters compare ratios measured in the same run. Memory
@@ -12,7 +14,10 @@ import time
 import torch
 from torch import nn
 
-from .inference import batch_norm_layers
+from ..torch.inference import batch_norm_layers, fold, fold_batch_norm
+
+__all__ = ["saved_activation_bytes", "parameter_bytes", "without_batch_norm", "step_times",
+           "fold_batch_norm", "ResidualBlock", "resnet_like", "fold_step_times"]
 
 
 def saved_activation_bytes(model, x):
@@ -102,30 +107,47 @@ def step_times(models, x, y, *, mode="train", repeats=30, warmup=5):
     return {name: float(torch.tensor(t).median()) for name, t in times.items()}
 
 
-@torch.no_grad()
-def fold_batch_norm(layer, bn):
-    """A new nn.Linear or nn.Conv2d equal to ``bn`` (in evaluation mode) applied after
-    ``layer``: eq-bn-eval is the per-channel affine map y = a * z + b with
-    a = gamma / sqrt(running_var + eps) and b = beta - a * running_mean, so
-    bn(W x + c) = (a * W) x + (a * c + b). Inference with the folded layer costs nothing
-    beyond the layer itself."""
-    if not isinstance(layer, (nn.Linear, nn.Conv2d)):
-        raise ValueError(f"fold_batch_norm: expected an nn.Linear or nn.Conv2d layer; got "
-                         f"{type(layer).__name__}.")
-    if bn.running_mean is None or bn.running_mean.shape[0] != layer.weight.shape[0]:
-        raise ValueError(f"fold_batch_norm: expected a BatchNorm with running statistics "
-                         f"for the layer's {layer.weight.shape[0]} output channels.")
-    a = torch.rsqrt(bn.running_var + bn.eps)  # (C,)
-    if bn.weight is not None:
-        a = a * bn.weight
-    b = -a * bn.running_mean
-    if bn.bias is not None:
-        b = b + bn.bias
-    folded = copy.deepcopy(layer)
-    column = (-1,) + (1,) * (layer.weight.ndim - 1)  # (C,) -> (C, 1) or (C, 1, 1, 1)
-    folded.weight.copy_(layer.weight * a.reshape(column))
-    bias = layer.bias if layer.bias is not None else torch.zeros_like(b)
-    if folded.bias is None:
-        folded.bias = nn.Parameter(torch.zeros_like(b))
-    folded.bias.copy_(a * bias + b)
-    return folded
+class ResidualBlock(nn.Module):
+    """relu(x + body(x)) with body = conv-BN-ReLU-conv-BN (3x3, same channels): a ResNet
+    basic block whose BatchNorm layers sit in an nn.Sequential, where ``fold`` finds them."""
+
+    def __init__(self, channels, bn=nn.BatchNorm2d):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), bn(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), bn(channels))
+
+    def forward(self, x):
+        return torch.relu(x + self.body(x))
+
+
+def resnet_like(bn=nn.BatchNorm2d, channels=(32, 64), blocks=1, in_channels=3,
+                num_classes=10):
+    """A small ResNet-like CNN for (N, in_channels, H, W) images: a 3x3 conv-BN-ReLU stem;
+    for each width in ``channels`` a stage of ``blocks`` residual blocks, entered (from the
+    second stage on) through a stride-2 conv-BN-ReLU that changes the width; then global
+    average pooling and a linear classifier. Convolutions before BatchNorm have no bias
+    (BN's beta replaces it). bn: a BatchNorm2d class (torch.nn's or bnlab's)."""
+    layers = [nn.Conv2d(in_channels, channels[0], 3, padding=1, bias=False), bn(channels[0]),
+              nn.ReLU()]
+    for k, width in enumerate(channels):
+        if k > 0:
+            layers += [nn.Conv2d(channels[k - 1], width, 3, stride=2, padding=1, bias=False),
+                       bn(width), nn.ReLU()]
+        layers += [ResidualBlock(width, bn) for _ in range(blocks)]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels[-1], num_classes)]
+    return nn.Sequential(*layers)
+
+
+def fold_step_times(model, x, *, repeats=30, warmup=5):
+    """Median seconds of one inference step (evaluation mode, no_grad) of ``model`` and of
+    ``fold(model)`` on ``x``, timed in turn by ``step_times`` in the same run:
+    {"unfolded": s, "folded": s}. The model's state and mode are restored."""
+    was_training = model.training
+    folded = fold(model)
+    y = torch.zeros(len(x), dtype=torch.long)  # unused in eval mode
+    try:
+        return step_times({"unfolded": model, "folded": folded}, x, y, mode="eval",
+                          repeats=repeats, warmup=warmup)
+    finally:
+        model.train(was_training)

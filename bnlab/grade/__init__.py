@@ -2,7 +2,7 @@
 
 Each notebook's definitions run in a sandboxed child process (``bnlab.grade.sandbox``) that
 returns raw outputs only; this process computes the expected values from ``bnlab.numpy`` and
-judges (``bnlab.grade.core``). Each lab is a module (``bnlab.grade.lab01``, ``lab02``, ``lab03``) that lists
+judges (``bnlab.grade.core``). Each lab is a module (``bnlab.grade.lab01`` to ``lab04``) that lists
 its graded functions (``FUNCTIONS``), its questions (``QUESTIONS``), their test cases
 (``cases(seed, hidden_seed)``: plans of calls, run by ``bnlab.grade.driver``; the hidden ones
 only with the instructor's ``hidden_seed``), the reference (``reference()``) and its named
@@ -13,7 +13,7 @@ This package's ``__init__`` imports nothing heavy: the child imports ``bnlab.gra
 
 import importlib
 
-LABS = ("lab01", "lab02", "lab03")
+LABS = ("lab01", "lab02", "lab03", "lab04")
 
 
 def lab_module(lab):

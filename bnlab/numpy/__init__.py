@@ -6,7 +6,8 @@
 One computation over different layouts (normalize.py: ``normalization_forward`` and
 ``normalization_backward``) serves BatchNorm (batchnorm.py), LayerNorm, GroupNorm,
 InstanceNorm, RMSNorm and Ghost BatchNorm (family.py); Batch Renormalization (renorm.py)
-adds a correction to BatchNorm's.
+adds a correction to BatchNorm's. SyncBatchNorm's merge of per-replica statistics is in
+sync.py, folding an evaluation-mode BatchNorm into the preceding layer in fold.py.
 """
 
 from .batchnorm import batch_norm_backward, batch_norm_forward
@@ -22,6 +23,7 @@ from .family import (
     rms_norm_backward,
     rms_norm_forward,
 )
+from .fold import fold_batch_norm
 from .normalize import Layout, NormCache, normalization_backward, normalization_forward
 from .renorm import (
     BatchRenormCache,
@@ -29,6 +31,7 @@ from .renorm import (
     batch_renorm_forward,
     batch_renorm_schedule,
 )
+from .sync import merge_batch_statistics, sync_running_statistics
 
 __all__ = [
     "batch_norm_forward", "batch_norm_backward",
@@ -40,4 +43,5 @@ __all__ = [
     "ghost_batch_norm_forward", "ghost_batch_norm_backward",
     "BatchRenormCache", "batch_renorm_forward", "batch_renorm_backward",
     "batch_renorm_schedule",
+    "merge_batch_statistics", "sync_running_statistics", "fold_batch_norm",
 ]

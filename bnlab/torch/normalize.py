@@ -65,8 +65,9 @@ def row_blocks(x, budget=1 << 20):
     """Slices of x's dim 0 of about ``budget`` bytes each (one row at least). Several
     operations applied to one block, then to the next, read x from memory once: the block
     stays in cache between them, where whole-tensor operations would each read x anew."""
-    rows = max(1, budget // max(1, x[0].numel() * x.element_size()))
-    return [slice(start, start + rows) for start in range(0, x.shape[0], rows)]
+    row_bytes = x[:1].numel() * x.element_size()  # 0 when x has no rows
+    rows = max(1, budget // max(1, row_bytes))
+    return [slice(start, start + rows) for start in range(0, x.shape[0], rows)] or [slice(0, 0)]
 
 
 def mean_over(x, dims):
