@@ -68,6 +68,16 @@ class Case:
         return driver.functions_called(self.plan)
 
 
+def public_and_hidden(public_cases, hidden_cases, seed, hidden_seed, question=None):
+    """A lab's cases: ``public_cases(seed)``, then, when ``hidden_seed`` is given,
+    ``hidden_cases(hidden_seed)``; each case's question is ``question(case)``, by default its
+    kind (the lab's QUESTIONS)."""
+    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
+    for q in qs:
+        q.question = q.kind if question is None else question(q)
+    return qs
+
+
 @dataclass
 class Mistake:
     name: str

@@ -10,6 +10,7 @@ in the parent process, never sent to the child).
 
 import numpy as np
 
+from bnlab.grade import core
 from bnlab.grade.core import Case, Mistake, Stats
 from bnlab.grade.mistakes import buggy_backward, buggy_forward
 
@@ -71,10 +72,7 @@ def _m(shape):
 def cases(seed=SEED, hidden_seed=None):
     """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
     ``hidden_seed`` is given, the hidden ones (``hidden_cases``)."""
-    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
-    for q in qs:
-        q.question = q.kind  # lab 1's questions are its kinds of case (QUESTIONS)
-    return qs
+    return core.public_and_hidden(public_cases, hidden_cases, seed, hidden_seed)
 
 
 def public_cases(seed):

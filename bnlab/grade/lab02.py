@@ -24,6 +24,7 @@ from math import prod
 import numpy as np
 
 from bnlab.grade import lab01
+from bnlab.grade import core
 from bnlab.grade.core import Case, Mistake, Stats
 from bnlab.grade.lab01 import backward_step, bn_stats, forward_step, inp
 from bnlab.grade.mistakes import (buggy_backward, buggy_family, buggy_forward, group_norm_grouping,
@@ -73,10 +74,8 @@ def cases(seed=SEED, hidden_seed=None):
     """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
     ``hidden_seed`` is given, the hidden ones (``hidden_cases``). A case's question is its
     layer, the prefix of its name (QUESTIONS)."""
-    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
-    for q in qs:
-        q.question = q.name.removeprefix("hidden_").split("_")[0]
-    return qs
+    return core.public_and_hidden(public_cases, hidden_cases, seed, hidden_seed,
+                                  lambda q: q.name.removeprefix("hidden_").split("_")[0])
 
 
 def _tensors(rng, shape, param_shape, dtype=np.float64, affine=True):

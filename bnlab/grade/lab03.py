@@ -21,6 +21,7 @@ answer is its own question (``Case.item``) whose feedback never shows the key
 
 import numpy as np
 
+from bnlab.grade import core
 from bnlab.grade.core import Case, Mistake
 
 LAB = "lab03"
@@ -91,10 +92,7 @@ def _call(function, args, returns):
 def cases(seed=SEED, hidden_seed=None):
     """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
     ``hidden_seed`` is given, the hidden ones. A case's question is its kind (QUESTIONS)."""
-    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
-    for q in qs:
-        q.question = q.kind
-    return qs
+    return core.public_and_hidden(public_cases, hidden_cases, seed, hidden_seed)
 
 
 def hidden_cases(seed):

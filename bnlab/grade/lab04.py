@@ -28,6 +28,7 @@ from math import prod
 
 import numpy as np
 
+from bnlab.grade import core
 from bnlab.grade.core import Case, Mistake
 
 LAB = "lab04"
@@ -129,10 +130,7 @@ def _fold_step(bias=True):
 def cases(seed=SEED, hidden_seed=None):
     """The lab's public cases, with inputs drawn deterministically from ``seed``, then, when
     ``hidden_seed`` is given, the hidden ones. A case's question is its kind (QUESTIONS)."""
-    qs = public_cases(seed) + ([] if hidden_seed is None else hidden_cases(hidden_seed))
-    for q in qs:
-        q.question = q.kind
-    return qs
+    return core.public_and_hidden(public_cases, hidden_cases, seed, hidden_seed)
 
 
 def public_cases(seed):
