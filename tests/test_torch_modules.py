@@ -209,3 +209,39 @@ def test_sum_of_products_equals_the_sum_of_the_stored_product(shape, dims):
         expected = (u * v).sum(dim=dims, keepdim=True)
         scale = (u * v).abs().sum(dim=dims, keepdim=True)  # what rounding errors scale with
         assert ((sum_of_products(u, v, dims) - expected).abs() <= 1e-14 * scale).all()
+
+
+CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
+
+
+@pytest.mark.parametrize("shape, channels_last", [
+    ((300, 2048), False),  # a column per channel, 64 rows a block: 5 blocks, the last short
+    ((3, 2048, 7, 7), False),  # S = 49 columns per channel, one sample a block
+    ((16, 16, 32, 32), False),  # a row per (sample, channel): 128 rows a block, 2 blocks
+    ((4, 5, 3, 300), False),  # rows of 900, one block
+    ((4, 3, 5, 6), True), ((4, 5, 16, 16), True), ((2, 3, 4, 5, 6), True)])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_equals_torch_nn_in_every_matrix_layout(shape, channels_last, training):
+    # bnlab.torch's BatchNorm sees x as a matrix of rows or columns per channel
+    # (bnlab/torch/per_channel.py); every layout, block count and memory format, float64
+    from bnlab.torch.functional import batch_norm
+    from bnlab.torch.per_channel import ChannelMatrix
+    torch.manual_seed(1)
+    x = 3 * torch.randn(shape, dtype=torch.float64) + 5
+    dy = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=CL_FORMATS[len(shape)])
+    assert ChannelMatrix(x).channels_last == channels_last
+    c = shape[1]
+    params = [torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64)]
+    initial = [torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 1]
+    results = []
+    for fn in (torch.nn.functional.batch_norm, batch_norm):
+        running = [t.clone() for t in initial]
+        xd, w, b = (t.clone().requires_grad_() for t in [x] + params)
+        y = fn(xd, *running, w, b, training=training, momentum=0.2, eps=1e-4)
+        y.backward(dy)
+        assert y.stride() == x.stride()  # x's memory format kept
+        results.append([y.detach(), xd.grad, w.grad, b.grad] + running)
+    for ours, theirs in zip(results[1], results[0]):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)

@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 import torch
 
-from .normalize import (compute_dtype, mean_over, normalize_backward, row_blocks, sum_of_products,
-                        sum_over)
+from .normalize import compute_dtype, mean_over, normalize_backward, sum_of_products
+from .per_channel import per_channel_backward, per_channel_forward
 
 
 class Layout(NamedTuple):
@@ -50,7 +50,7 @@ class Normalize(torch.autograd.Function):
         m = xs.numel() // prod(xs.shape[d] for d in range(xs.ndim) if d not in layout.dims)
         ctx.per_statistic = _weight_per_statistic(layout, x.shape, renorm is not None)
         if ctx.per_statistic:  # BatchNorm
-            y, mu, var, rstd = _per_channel_forward(xs, weight, bias, layout, eps, stats, m)
+            y, mu, var, rstd = per_channel_forward(xs, weight, bias, layout.affine, eps, stats)
             r = d = None
         else:
             y, mu, var, rstd, r, d = _layout_forward(xs, x.shape, weight, bias, layout, eps,
@@ -71,7 +71,9 @@ class Normalize(torch.autograd.Function):
         xs = x.to(rstd.dtype).reshape(layout.view)  # x -> the view, in the compute dtype
         dy_c = dy.to(rstd.dtype)  # dy itself when it has the compute dtype
         if ctx.per_statistic:
-            dx, dweight, dbias = _per_channel_backward(ctx, dy_c, xs, mu, rstd, weight)
+            dx, dweight, dbias = per_channel_backward(dy_c, xs, mu, rstd, weight,
+                                                      ctx.needs_input_grad[:3], ctx.batch_stats,
+                                                      ctx.centered)
             return (None if dx is None else dx.to(dy.dtype),
                     None if dweight is None else dweight.to(weight.dtype),
                     None if dbias is None else dbias.to(dy.dtype),
@@ -146,79 +148,3 @@ def _weight_per_statistic(layout, shape, renorm):
     and x is the view): then weight and rstd join into one factor."""
     broadcast_dims = tuple(i for i, n in enumerate(layout.affine) if n == 1)
     return not renorm and layout.view == tuple(shape) and broadcast_dims == layout.dims
-
-
-def _per_channel_forward(x, weight, bias, layout, eps, stats, m):
-    """Normalize.forward for BatchNorm (weight, bias and statistics per channel, x the view):
-    two passes for the statistics (eq-bn-mean; eq-bn-var around mu) and one for
-    y = (x - mu) * (weight * rstd) + bias (eq-bn-xhat, eq-bn-affine: weight and rstd join),
-    the last two block by block (``row_blocks``) so that x - mu is made in cache and never
-    stored whole. One buffer of x's size is allocated: y. Returns (y, mu, var, rstd)."""
-    dims, blocks = layout.dims, row_blocks(x)
-    if stats is not None:
-        mu, var = (s.to(x.dtype, copy=True) for s in stats)
-    else:
-        mu = mean_over(x, dims)
-        scratch = torch.empty_like(x[blocks[0]])
-        sum_sq = 0  # sum((x - mu)^2), eq-bn-var's numerator
-        for rows in blocks:
-            x_mu = torch.sub(x[rows], mu, out=scratch[:len(x[rows])])
-            sum_sq = sum_sq + sum_over(x_mu.square_(), dims)
-        var = sum_sq / m
-    rstd = torch.rsqrt(var + eps)
-    scale = rstd if weight is None else weight.to(x.dtype).reshape(layout.affine) * rstd
-    shift = None if bias is None else bias.to(x.dtype).reshape(layout.affine)
-    y = torch.empty_like(x)
-    for rows in blocks:
-        y_rows = torch.sub(x[rows], mu, out=y[rows])
-        if shift is None:
-            y_rows.mul_(scale)
-        else:
-            torch.addcmul(shift, y_rows, scale, out=y_rows)
-    return y, mu, var, rstd
-
-
-def _per_channel_backward(ctx, dy, x, mu, rstd, weight):
-    """Normalize.backward for BatchNorm (weight, bias and the statistics all per channel,
-    reduced over the same dims).
-
-    Then sum(dx_hat) = weight * sum(dy) and sum(dx_hat * x_hat) = weight * sum(dy * x_hat):
-    the two sums of eq-bn-dx are dbias and dweight (eq-bn-dbeta, eq-bn-dgamma), computed
-    once, and the weight joins rstd (dx is linear in dx_hat = weight * dy, eq-bn-dxhat).
-    x_hat = (x - mu) * rstd is never stored: block by block (``row_blocks``), x - mu is made
-    in cache, first for the two sums, then for dx, eq-bn-dx expanded:
-
-        dx = weight_rstd * (dy - mean(dy)) - weight_rstd * rstd^2 * mean(dy * (x - mu)) * (x - mu)
-
-    so x and dy are read twice and dx written once, as torch's own kernel does.
-    Returns (dx, dweight, dbias) in the compute dtype, None where not needed.
-    """
-    dims, layout = ctx.layout.dims, ctx.layout
-    need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
-    blocks = row_blocks(x)
-    dx = torch.empty_like(x) if need_dx else None
-    scratch = dx if dx is not None else torch.empty_like(x[blocks[0]])
-    sum_dy = sum_dy_x_mu = 0  # sum(dy), sum(dy * (x - mu)), per channel
-    for rows in blocks:
-        dy_rows = dy[rows]
-        x_mu = torch.sub(x[rows], mu, out=scratch[rows] if dx is not None else scratch[:len(dy_rows)])
-        sum_dy = sum_dy + sum_over(dy_rows, dims)
-        sum_dy_x_mu = sum_dy_x_mu + sum_over(x_mu.mul_(dy_rows), dims)
-    sum_dy_x_hat = sum_dy_x_mu * rstd
-    if need_dx:
-        weight_rstd = rstd  # gamma * rstd, the factor of eq-bn-dx
-        if weight is not None:
-            weight_rstd = weight.to(rstd.dtype).reshape(layout.affine) * rstd
-        m = dy.numel() // sum_dy.numel()  # numbers per statistic
-        if not ctx.batch_stats:  # eq-bn-dx-eval: the statistics are constants
-            torch.mul(dy, weight_rstd, out=dx)
-        else:
-            mean_dy = sum_dy / m if ctx.centered else torch.zeros_like(sum_dy)
-            shift = -weight_rstd * mean_dy  # the path through mu
-            slope = -weight_rstd * rstd * sum_dy_x_hat / m  # the path through var
-            for rows in blocks:
-                dx_rows = torch.sub(x[rows], mu, out=dx[rows])
-                torch.addcmul(shift, dx_rows, slope, out=dx_rows).addcmul_(dy[rows], weight_rstd)
-    dweight = sum_dy_x_hat.reshape(layout.param) if need_dweight else None
-    dbias = sum_dy.reshape(layout.param) if need_dbias else None
-    return dx, dweight, dbias

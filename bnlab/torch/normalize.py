@@ -139,6 +139,26 @@ def normalize_backward(dx_hat, x_hat, rstd, dims, centered=True, means=None, out
     return dx.addcmul_(x_hat, -rstd * mean_dx_hat_x_hat)  # - rstd * x_hat * mean(dx_hat x_hat)
 
 
+def merge_count_mean_m2(counts, means, m2s):
+    """eq-sync-merge: the statistics of the union of W disjoint parts (of a batch split
+    across replicas, SyncBatchNorm; of blocks of one tensor, bnlab/torch/per_channel.py).
+
+    counts: (W, 1), means and m2s: (W, C) -> (n, mean (C,), M2 (C,)) with
+        n = sum_k n_k,   mean = sum_k n_k mean_k / n,
+        M2 = sum_k M2_k + sum_k n_k (mean_k - mean)^2.
+    Applying Chan, Golub and LeVeque's two-part merge (eq-num-chan) W - 1 times gives the
+    same numbers; written for all parts at once it is one vectorized expression. It is
+    stable: M2 is a sum of non-negative terms and mean_k - mean a difference of means (the
+    same two-pass structure as eq-bn-var), with none of the one-pass E[x^2] - E[x]^2
+    cancellation that all-reducing raw sums of squares would suffer. Parts with n_k = 0
+    add zero to every sum.
+    """
+    n = counts.sum()
+    mean = (counts * means).sum(0) / n
+    m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
+    return n, mean, m2
+
+
 @torch.no_grad()
 def update_running(running_mean, running_var, mu, var, m, momentum):
     """In place: running = (1 - momentum) * running + momentum * batch statistic.

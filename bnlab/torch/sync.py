@@ -38,7 +38,8 @@ from torch import nn
 
 from . import modules
 from .functional import batch_norm
-from .normalize import compute_dtype, normalize_backward, sum_over, update_running
+from .normalize import (compute_dtype, merge_count_mean_m2, normalize_backward, sum_over,
+                        update_running)
 
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "sync_batch_norm", "sync_group",
            "merge_count_mean_m2"]
@@ -71,25 +72,6 @@ def _local_count_mean_m2(x, dims):
     x_mu = x - mu
     m2 = sum_over(x_mu * x_mu, dims)  # (1, C, 1, ...)
     return count, mu.reshape(c), m2.reshape(c)
-
-
-def merge_count_mean_m2(counts, means, m2s):
-    """eq-sync-merge: the statistics of the union of W disjoint parts.
-
-    counts: (W, 1), means and m2s: (W, C) -> (n, mean (C,), M2 (C,)) with
-        n = sum_k n_k,   mean = sum_k n_k mean_k / n,
-        M2 = sum_k M2_k + sum_k n_k (mean_k - mean)^2.
-    Applying Chan, Golub and LeVeque's two-part merge (eq-num-chan) W - 1 times gives the
-    same numbers; written for all parts at once it is one vectorized expression. It is
-    stable: M2 is a sum of non-negative terms and mean_k - mean a difference of means (the
-    same two-pass structure as eq-bn-var), with none of the one-pass E[x^2] - E[x]^2
-    cancellation that all-reducing raw sums of squares would suffer. Parts with n_k = 0
-    add zero to every sum.
-    """
-    n = counts.sum()
-    mean = (counts * means).sum(0) / n
-    m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
-    return n, mean, m2
 
 
 class _SyncBatchNormFunction(torch.autograd.Function):

@@ -1,0 +1,183 @@
+"""BatchNorm's forward and backward (statistics, weight and bias per channel) in few passes.
+
+x (N, C, *spatial) is seen as a matrix in which every row, or every column, holds numbers of
+one channel (``ChannelMatrix``):
+
+    x's memory                   matrix               one channel's numbers
+    (N, C, S), S >= ROW_LENGTH   (N * C, S)           rows c, C + c, 2C + c, ...
+    (N, C, S), S < ROW_LENGTH    (N, C * S)           columns c*S .. c*S + S - 1
+    channels last (N, S, C)      (N * S, C)           column c
+
+A per-channel constant then broadcasts as one column (or row) of the matrix, and row or
+column sums are matrix-vector products with ones (BLAS gemv). The matrix is worked through
+in blocks of rows of about 1 MiB (``row_blocks``) wherever a step needs x - mu, so x - mu
+is made in cache and never stored whole:
+
+* statistics, two-pass (eq-bn-mean, eq-bn-var; no E[x^2] - E[x]^2 anywhere): with rows per
+  channel, x read from memory once, each row's mean and M2 = sum((x - mean)^2) while its
+  block is in cache, the rows merged exactly with eq-sync-merge (Chan, Golub and
+  LeVeque; SyncBatchNorm merges replicas with it); with columns, the mean, then M2;
+* y = x * a + b, a = weight * rstd, b = bias - mu * a (eq-bn-xhat and eq-bn-affine joined):
+  one operation, as torch's own CPU kernel does. x * a rounds to about eps * |mu| / sigma
+  in units of y: no worse than x's own rounding, which blurs x_hat by as much already;
+* backward: sum(dy) and sum(dy * (x - mu)) in one pass over x and dy, then
+  dx = dy * g + x * k + c (eq-bn-dx expanded, ``per_channel_backward``) in two operations.
+"""
+
+from math import prod
+
+import torch
+
+from .normalize import merge_count_mean_m2, row_blocks
+
+ROW_LENGTH = 256  # spatial sizes from which a row per (sample, channel) is long enough
+
+
+class ChannelMatrix:
+    """x (N, C, *spatial) as a matrix whose rows or columns each belong to one channel (see
+    the module's table), and per-channel vectors laid out to broadcast against it."""
+
+    def __init__(self, x):
+        n, c, s = x.shape[0], x.shape[1], prod(x.shape[2:])
+        self.shape, self.channels = x.shape, c
+        self.count = n * s  # numbers per channel
+        self.channels_last = x.ndim > 2 and s > 1 and not x.is_contiguous() and (
+            x.movedim(1, -1).is_contiguous())
+        if self.channels_last:  # (N, S, C) in memory: column c is channel c
+            self.rows_per_channel, self.copies, self.spatial = False, 1, 1
+        else:
+            self.rows_per_channel = s >= ROW_LENGTH
+            self.copies, self.spatial = n, s  # how often a channel repeats, along what
+        self.matrix = self.view(x)
+        self.blocks = row_blocks(self.matrix)
+        self.ones = x.new_ones(max(self.matrix.shape))  # for sums by gemv
+
+    def view(self, t):
+        """t (x's shape) as the matrix (a view when t has x's memory layout)."""
+        if self.channels_last:
+            return t.movedim(1, -1).reshape(-1, self.channels)
+        if self.rows_per_channel:
+            return t.reshape(self.copies * self.channels, self.spatial)
+        return t.reshape(self.shape[0], -1)
+
+    def unview(self, matrix):
+        """The matrix -> x's shape (and x's memory layout)."""
+        if self.channels_last:
+            return matrix.reshape(self.shape[:1] + self.shape[2:] + self.shape[1:2]).movedim(-1, 1)
+        return matrix.reshape(self.shape)
+
+    def spread(self, v):
+        """(C,) -> a column (N * C, 1) or a row (1, C * S) broadcasting against the matrix."""
+        v = v.reshape(-1)
+        if self.rows_per_channel:
+            return v.repeat(self.copies).reshape(-1, 1)
+        return v.repeat_interleave(self.spatial).reshape(1, -1)
+
+    def at(self, spread, rows):
+        """The part of ``spread`` (or of a block's own row means) that broadcasts against
+        ``matrix[rows]``."""
+        return spread[rows] if self.rows_per_channel else spread
+
+    def sums(self, block):
+        """Row sums (rows per channel) or column sums of a block: (rows,) or (C * S,)."""
+        if self.rows_per_channel:
+            return torch.mv(block, self.ones[:block.shape[1]])
+        return torch.mv(block.t(), self.ones[:block.shape[0]])
+
+    def channel_sums(self, sums):
+        """The per-row (N * C,) or per-column (C * S,) sums -> (C,) per-channel sums."""
+        if self.rows_per_channel:
+            return sums.reshape(self.copies, self.channels).sum(0)
+        return sums.reshape(self.channels, self.spatial).sum(1)
+
+    def join(self, parts):
+        """Blocks' row sums -> the matrix's row sums (concatenated), or blocks' column sums
+        -> the matrix's column sums (added)."""
+        return torch.cat(parts) if self.rows_per_channel else sum(parts)
+
+    def moments(self):
+        """Per-channel mean and M2 = sum((x - mean)^2), two-pass (eq-bn-mean, eq-bn-var).
+        Rows per channel: x is read from memory once; each row's own mean, then its M2
+        around it, while its block is in cache, and eq-sync-merge joins the N rows of each
+        channel. Columns per channel (few numbers per row, few rows per block): the
+        channel's mean first, then M2 around it block by block. Returns (mean, M2), (C,)."""
+        a, n, s = self.matrix, self.copies, self.spatial
+        scratch = torch.empty_like(a[self.blocks[0]])
+        if not self.rows_per_channel:
+            mean = self.channel_sums(self.sums(a)) / self.count
+            center = self.spread(mean)
+        row_means, m2s = [], []
+        for rows in self.blocks:
+            block = a[rows]
+            if self.rows_per_channel:
+                center = (self.sums(block) / s).reshape(-1, 1)
+                row_means.append(center)
+            x_center = torch.sub(block, center, out=scratch[:len(block)])
+            m2s.append(self.sums(x_center.square_()))
+        if not self.rows_per_channel:
+            return mean, self.channel_sums(self.join(m2s))
+        means, m2s = (torch.cat(t).reshape(n, self.channels) for t in (row_means, m2s))
+        _, mean, m2 = merge_count_mean_m2(means.new_full((n, 1), s), means, m2s)
+        return mean, m2
+
+    def sums_with(self, dy, mu):
+        """Per-channel sum(dy) and sum(dy * (x - mu)), one pass over x and dy (x - mu and
+        the product made block by block in cache). dy: the matrix's shape."""
+        a, mu_m = self.matrix, self.spread(mu)
+        scratch = torch.empty_like(a[self.blocks[0]])
+        parts_dy, parts_dy_x_mu = [], []
+        for rows in self.blocks:
+            dy_rows = dy[rows]
+            x_mu = torch.sub(a[rows], self.at(mu_m, rows), out=scratch[:len(dy_rows)])
+            parts_dy.append(self.sums(dy_rows))
+            parts_dy_x_mu.append(self.sums(x_mu.mul_(dy_rows)))
+        return tuple(self.channel_sums(self.join(p)) for p in (parts_dy, parts_dy_x_mu))
+
+
+def per_channel_forward(x, weight, bias, affine_shape, eps, stats):
+    """y = weight * (x - mu) * rstd + bias for BatchNorm (eq-bn-mean, eq-bn-var, eq-bn-xhat,
+    eq-bn-affine), stats=None: batch statistics; stats=(mu, var): given (eval).
+    Returns (y, mu, var, rstd), the statistics in ``affine_shape`` ((1, C, 1, ...))."""
+    cm = ChannelMatrix(x)
+    if stats is not None:
+        mu, var = (s.to(x.dtype).reshape(-1) for s in stats)
+    else:
+        mu, m2 = cm.moments()
+        var = m2 / cm.count
+    rstd = torch.rsqrt(var + eps)
+    scale = rstd if weight is None else weight.to(x.dtype).reshape(-1) * rstd
+    shift = -mu * scale if bias is None else bias.to(x.dtype).reshape(-1) - mu * scale
+    y = torch.addcmul(cm.spread(shift), cm.matrix, cm.spread(scale))
+    return (cm.unview(y),) + tuple(s.reshape(affine_shape) for s in (mu, var, rstd))
+
+
+def per_channel_backward(dy, x, mu, rstd, weight, needs, batch_stats, centered):
+    """dx (eq-bn-dx, or eq-bn-dx-eval when the statistics were given), dweight
+    (eq-bn-dgamma) and dbias (eq-bn-dbeta) for BatchNorm; ``needs``: which of the three.
+
+    With weight per channel, sum(dx_hat) = weight * sum(dy) and sum(dx_hat * x_hat) =
+    weight * sum(dy * x_hat): eq-bn-dx's two sums are dbias and dweight, and eq-bn-dx is
+
+        dx = g * (dy - mean(dy)) - g * rstd^2 * mean(dy * (x - mu)) * (x - mu),  g = weight * rstd
+           = dy * g + x * k + c,  k = -g * rstd^2 * mean(dy * (x - mu)),  c = -g * mean(dy) - mu * k
+
+    (centered=False drops mean(dy), eq-rms-dx). Returns (dx, dweight, dbias) in the compute
+    dtype, None where not needed."""
+    need_dx, need_dweight, need_dbias = needs
+    cm = ChannelMatrix(x)
+    dy_m, mu, rstd = cm.view(dy), mu.reshape(-1), rstd.reshape(-1)
+    sum_dy = sum_dy_x_hat = None
+    if need_dweight or need_dbias or (need_dx and batch_stats):
+        sum_dy, sum_dy_x_mu = cm.sums_with(dy_m, mu)
+        sum_dy_x_hat = sum_dy_x_mu * rstd
+    dx = None
+    if need_dx:
+        g = rstd if weight is None else weight.to(rstd.dtype).reshape(-1) * rstd
+        if batch_stats:
+            k = -g * rstd * sum_dy_x_hat / cm.count  # the path through var
+            c = -mu * k - (g * sum_dy / cm.count if centered else 0)  # through mu, and mu folded in
+            dx = torch.addcmul(cm.spread(c), cm.matrix, cm.spread(k)).addcmul_(dy_m, cm.spread(g))
+        else:  # eq-bn-dx-eval: the statistics are constants
+            dx = dy_m * cm.spread(g)
+        dx = cm.unview(dx)
+    return dx, sum_dy_x_hat if need_dweight else None, sum_dy if need_dbias else None
