@@ -224,15 +224,32 @@ CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 def test_batch_norm_equals_torch_nn_in_every_matrix_layout(shape, channels_last, training):
     # bnlab.torch's BatchNorm sees x as a matrix of rows or columns per channel
     # (bnlab/torch/per_channel.py); every layout, block count and memory format, float64
-    from bnlab.torch.functional import batch_norm
     from bnlab.torch.per_channel import ChannelMatrix
     torch.manual_seed(1)
     x = 3 * torch.randn(shape, dtype=torch.float64) + 5
-    dy = torch.randn(shape, dtype=torch.float64)
     if channels_last:
         x = x.contiguous(memory_format=CL_FORMATS[len(shape)])
     assert ChannelMatrix(x).channels_last == channels_last
-    c = shape[1]
+    assert_batch_norm_equals_torch_nn(x, training)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_rows_per_channel_throughout_when_a_sample_is_too_large(monkeypatch,
+                                                                           training):
+    # y and dx run on the (N, C * S) view unless C * S > ROW_CONSTANTS: then on (N * C, S)
+    from bnlab.torch import per_channel
+    monkeypatch.setattr(per_channel, "ROW_CONSTANTS", 0)
+    x = per_channel.ChannelMatrix(torch.randn(4, 3, 16, 17, dtype=torch.float64))
+    assert x.rows_per_channel and x.for_elementwise() is x
+    assert_batch_norm_equals_torch_nn(3 * x.x + 5, training)
+
+
+def assert_batch_norm_equals_torch_nn(x, training):
+    """bnlab.torch.functional.batch_norm vs torch.nn's: y (and its memory format), dx,
+    dweight, dbias with a random dy, running statistics; float64, 1e-10."""
+    from bnlab.torch.functional import batch_norm
+    dy = torch.randn(x.shape, dtype=torch.float64)
+    c = x.shape[1]
     params = [torch.rand(c, dtype=torch.float64) + 0.5, torch.randn(c, dtype=torch.float64)]
     initial = [torch.randn(c, dtype=torch.float64), torch.rand(c, dtype=torch.float64) + 1]
     results = []
