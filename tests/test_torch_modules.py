@@ -215,9 +215,9 @@ CL_FORMATS = {4: torch.channels_last, 5: torch.channels_last_3d}
 
 
 @pytest.mark.parametrize("shape, channels_last", [
-    ((300, 2048), False),  # a column per channel, 64 rows a block: 5 blocks, the last short
-    ((3, 2048, 7, 7), False),  # S = 49 columns per channel, one sample a block
-    ((16, 16, 32, 32), False),  # a row per (sample, channel): 128 rows a block, 2 blocks
+    ((300, 2048), False),  # a column per channel, 128 rows a block: 3 blocks, the last short
+    ((3, 2048, 7, 7), False),  # S = 49 columns per channel, two samples a block
+    ((32, 16, 32, 32), False),  # a row per (sample, channel): 256 rows a block, 2 blocks
     ((4, 5, 3, 300), False),  # rows of 900, one block
     ((4, 3, 5, 6), True), ((4, 5, 16, 16), True), ((2, 3, 4, 5, 6), True)])
 @pytest.mark.parametrize("training", [True, False])

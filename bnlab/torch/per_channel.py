@@ -10,18 +10,20 @@ one channel (``ChannelMatrix``):
 
 A per-channel constant then broadcasts as one column (or row) of the matrix, and row or
 column sums are matrix-vector products with ones (BLAS gemv). The matrix is worked through
-in blocks of rows of about 1 MiB (``row_blocks``) wherever a step needs x - mu, so x - mu
+in blocks of rows of about 2 MiB (``row_blocks``) wherever a step needs x - mu, so x - mu
 is made in cache and never stored whole:
 
-* statistics, two-pass (eq-bn-mean, eq-bn-var; no E[x^2] - E[x]^2 anywhere): with rows per
-  channel, x read from memory once, each row's mean and M2 = sum((x - mean)^2) while its
-  block is in cache, the rows merged exactly with eq-sync-merge (Chan, Golub and
-  LeVeque; SyncBatchNorm merges replicas with it); with columns, the mean, then M2;
+* statistics, two-pass (eq-bn-mean, eq-bn-var; no E[x^2] - E[x]^2 anywhere), x read from
+  memory once: each row's (or each block's column's) mean and M2 = sum((x - mean)^2) while
+  the block is in cache, the parts merged exactly with eq-sync-merge (Chan, Golub and
+  LeVeque; SyncBatchNorm merges replicas with it); with columns and short blocks, the
+  mean first, then M2 (``ChannelMatrix.moments``);
 * y = x * a + b, a = weight * rstd, b = bias - mu * a (eq-bn-xhat and eq-bn-affine joined):
   one operation, as torch's own CPU kernel does. x * a rounds to about eps * |mu| / sigma
   in units of y: no worse than x's own rounding, which blurs x_hat by as much already;
 * backward: sum(dy) and sum(dy * (x - mu)) in one pass over x and dy, then
-  dx = dy * g + x * k + c (eq-bn-dx expanded, ``per_channel_backward``) in two operations.
+  dx = dy * g + x * k + c (eq-bn-dx expanded, ``per_channel_backward``) in two operations
+  per block, the second on the first one's result in cache.
 """
 
 from math import prod
@@ -32,6 +34,8 @@ from .normalize import merge_count_mean_m2, row_blocks
 
 ROW_LENGTH = 256  # spatial sizes from which a row per (sample, channel) is long enough
 ROW_CONSTANTS = 1 << 24  # most numbers a per-channel constant spread over one sample may take
+MERGE_ROWS = 64  # columns per channel: rows a block needs for its own statistics
+BLOCK_BYTES = 2 << 20  # rows of the matrix worked through at a time (``row_blocks``)
 
 
 class ChannelMatrix:
@@ -52,7 +56,7 @@ class ChannelMatrix:
             self.rows_per_channel = s >= ROW_LENGTH if by_rows is None else by_rows
             self.copies, self.spatial = n, s  # how often a channel repeats, along what
         self.matrix = self.view(x)
-        self.blocks = row_blocks(self.matrix)
+        self.blocks = row_blocks(self.matrix, BLOCK_BYTES)
         self.ones = x.new_ones(max(self.matrix.shape))  # for sums by gemv
 
     def for_elementwise(self):
@@ -64,6 +68,16 @@ class ChannelMatrix:
         if self.rows_per_channel and self.channels * self.spatial <= ROW_CONSTANTS:
             return ChannelMatrix(self.x, by_rows=False)
         return self
+
+    def affine_plus(self, t, g, k, c):
+        """t * g + x * k + c with per-channel g, k, c, block by block so that the second
+        operation finds the first one's result in cache (t: the matrix's shape)."""
+        x, dx = self.matrix, torch.empty_like(self.matrix)
+        g, k, c = self.spread(g), self.spread(k), self.spread(c)
+        for rows in self.blocks:
+            dx_rows = torch.addcmul(self.at(c, rows), x[rows], self.at(k, rows), out=dx[rows])
+            dx_rows.addcmul_(t[rows], self.at(g, rows))
+        return dx
 
     def view(self, t):
         """t (x's shape) as the matrix (a view when t has x's memory layout)."""
@@ -82,6 +96,8 @@ class ChannelMatrix:
     def spread(self, v):
         """(C,) -> a column (N * C, 1) or a row (1, C * S) broadcasting against the matrix."""
         v = v.reshape(-1)
+        if self.spatial == 1:
+            return v.reshape(1, -1)
         if self.rows_per_channel:
             return v.repeat(self.copies).reshape(-1, 1)
         return v.repeat_interleave(self.spatial).reshape(1, -1)
@@ -110,27 +126,40 @@ class ChannelMatrix:
 
     def moments(self):
         """Per-channel mean and M2 = sum((x - mean)^2), two-pass (eq-bn-mean, eq-bn-var).
-        Rows per channel: x is read from memory once; each row's own mean, then its M2
-        around it, while its block is in cache, and eq-sync-merge joins the N rows of each
-        channel. Columns per channel (few numbers per row, few rows per block): the
+        x is read from memory once where the parts are few: each row's (rows per channel)
+        or each block's column's own mean, then its M2 around it, while the block is in
+        cache, and eq-sync-merge joins the parts of each channel. With columns and blocks of
+        fewer than MERGE_ROWS rows the parts would be nearly as many numbers as x: the
         channel's mean first, then M2 around it block by block. Returns (mean, M2), (C,)."""
-        a, n, s = self.matrix, self.copies, self.spatial
+        a, s = self.matrix, self.spatial
         scratch = torch.empty_like(a[self.blocks[0]])
-        if not self.rows_per_channel:
+        merge = self.rows_per_channel or len(a[self.blocks[0]]) >= MERGE_ROWS
+        if not merge:
             mean = self.channel_sums(self.sums(a)) / self.count
             center = self.spread(mean)
-        row_means, m2s = [], []
+        means, m2s, counts = [], [], []
         for rows in self.blocks:
             block = a[rows]
-            if self.rows_per_channel:
-                center = (self.sums(block) / s).reshape(-1, 1)
-                row_means.append(center)
+            if merge:  # the part's own mean: per row of the block, or per column
+                count = s if self.rows_per_channel else len(block)
+                center = self.sums(block) / count
+                means.append(center)
+                counts.append(count)
+                if self.rows_per_channel:
+                    center = center.reshape(-1, 1)
             x_center = torch.sub(block, center, out=scratch[:len(block)])
             m2s.append(self.sums(x_center.square_()))
-        if not self.rows_per_channel:
+        if not merge:
             return mean, self.channel_sums(self.join(m2s))
-        means, m2s = (torch.cat(t).reshape(n, self.channels) for t in (row_means, m2s))
-        _, mean, m2 = merge_count_mean_m2(means.new_full((n, 1), s), means, m2s)
+        c = self.channels
+        if self.rows_per_channel:  # parts: the N rows of each channel, S numbers each
+            means, m2s = (torch.cat(t).reshape(-1, c) for t in (means, m2s))
+            counts = means.new_full((len(means), 1), s)
+        else:  # parts: each block's S columns of each channel, len(block) numbers each
+            means, m2s = (torch.stack(t).reshape(-1, c, s).transpose(1, 2).reshape(-1, c)
+                          for t in (means, m2s))
+            counts = means.new_tensor(counts).repeat_interleave(s).reshape(-1, 1)
+        _, mean, m2 = merge_count_mean_m2(counts, means, m2s)
         return mean, m2
 
     def sums_with(self, dy, mu):
@@ -190,8 +219,7 @@ def per_channel_backward(dy, x, mu, rstd, weight, needs, batch_stats, centered):
         if batch_stats:
             k = -g * rstd * sum_dy_x_hat / cm.count  # the path through var
             c = -mu * k - (g * sum_dy / cm.count if centered else 0)  # through mu, and mu folded in
-            dx = torch.addcmul(out.spread(c), out.matrix, out.spread(k))
-            dx.addcmul_(out.view(dy), out.spread(g))
+            dx = out.affine_plus(out.view(dy), g, k, c)
         else:  # eq-bn-dx-eval: the statistics are constants
             dx = out.view(dy) * out.spread(g)
         dx = out.unview(dx)
