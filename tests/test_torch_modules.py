@@ -262,3 +262,21 @@ def assert_batch_norm_equals_torch_nn(x, training):
         results.append([y.detach(), xd.grad, w.grad, b.grad] + running)
     for ours, theirs in zip(results[1], results[0]):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_an_empty_batch_gives_an_empty_output_and_leaves_the_running_statistics(training):
+    theirs, ours = twins(nn.BatchNorm2d, bt.BatchNorm2d, dict(momentum=0.3))
+    results = []
+    for module in (theirs, ours):
+        module.train(training)
+        x = torch.randn(0, 3, 4, 5, dtype=torch.float64, requires_grad=True)
+        y = module(x)
+        y.backward(torch.randn(y.shape, dtype=torch.float64))
+        results.append([y, x.grad, module.weight.grad, module.bias.grad, module.running_mean,
+                        module.running_var, module.num_batches_tracked])
+    for a, b in zip(*results):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+    assert ours.running_mean.eq(0).all() and ours.running_var.eq(1).all()  # untouched
+    assert ours.weight.grad.eq(0).all() and ours.bias.grad.eq(0).all()  # sums over nothing

@@ -127,6 +127,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
         return kernel_batch_norm(input, running_mean, running_var, weight, bias, training,
                                  momentum, eps)
+    if input.numel() == 0:  # an empty batch has no statistics: nothing is updated (torch.nn's)
+        return _empty_batch_output(input, weight, bias)
     stats = None
     if not training:  # eq-bn-eval
         stats = (_as_channel_column(running_mean, input.ndim),
@@ -136,6 +138,17 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     if training and running_mean is not None:
         update_running(running_mean, running_var, mu.flatten(), var.flatten(),
                        input.numel() // input.shape[1], momentum)
+    return y
+
+
+def _empty_batch_output(input, weight, bias):
+    """BatchNorm of a batch with no samples: an empty y of input's shape that autograd
+    connects to weight and bias, whose gradients are then sums over nothing, zeros."""
+    y = input.clone()
+    if weight is not None:
+        y = y * _as_channel_column(weight, input.ndim)
+    if bias is not None:
+        y = y + _as_channel_column(bias, input.ndim)
     return y
 
 
