@@ -26,6 +26,7 @@ is made in cache and never stored whole:
   per block, the second on the first one's result in cache.
 """
 
+from functools import cached_property
 from math import prod
 
 import torch
@@ -57,7 +58,11 @@ class ChannelMatrix:
             self.copies, self.spatial = n, s  # how often a channel repeats, along what
         self.matrix = self.view(x)
         self.blocks = row_blocks(self.matrix, BLOCK_BYTES)
-        self.ones = x.new_ones(max(self.matrix.shape))  # for sums by gemv
+
+    @cached_property
+    def ones(self):
+        """Ones to sum rows or columns with (gemv), made when first needed."""
+        return self.x.new_ones(max(self.matrix.shape))
 
     def for_elementwise(self):
         """The matrix to compute y and dx on: columns per channel, whose constants form one
@@ -103,8 +108,7 @@ class ChannelMatrix:
         return v.repeat_interleave(self.spatial).reshape(1, -1)
 
     def at(self, spread, rows):
-        """The part of ``spread`` (or of a block's own row means) that broadcasts against
-        ``matrix[rows]``."""
+        """The part of ``spread`` that broadcasts against ``matrix[rows]``."""
         return spread[rows] if self.rows_per_channel else spread
 
     def sums(self, block):
