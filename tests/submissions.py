@@ -19,3 +19,28 @@ def make_submission(solution, tmp_path, name, edits):
     path = tmp_path / f"{name}.ipynb"
     nbformat.write(nb, str(path))
     return str(path)
+
+
+def solution_functions(solution, cell_ids):
+    """Execute the ``solution`` notebook's cells with these ids (in notebook order, with
+    numpy as np) and return the namespace they define."""
+    import numpy as np
+
+    namespace = {"np": np}
+    for cell in nbformat.read(solution, as_version=4).cells:
+        if cell.get("id") in cell_ids:
+            exec(cell.source, namespace)
+    return namespace
+
+
+def assert_self_check_names(capsys, lab, mistake_name, check, function_name, match):
+    """bnlab.check's ``check`` fails the lab's catalogued mistake ``mistake_name`` (its
+    ``function_name`` passed in), with an AssertionError matching ``match``, and prints FAIL
+    and the mistake's feedback message (output captured before the call is read too)."""
+    import pytest
+
+    wrong = next(m for m in lab.mistakes() if m.name == mistake_name)
+    with pytest.raises(AssertionError, match=match):
+        check(wrong.functions[function_name])
+    out = capsys.readouterr().out
+    assert "FAIL" in out and wrong.message in out

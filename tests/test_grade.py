@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 
-import nbformat
-import numpy as np
 import pytest
 
 import catalog
@@ -149,19 +147,13 @@ def test_cli_unreadable_notebook_and_usage(tmp_path):
 
 def test_self_check_passes_and_names_mistakes(capsys):
     from bnlab import check
-    g = {"np": np}
-    nb = nbformat.read(SOLUTION, as_version=4)
-    for cell in nb.cells:
-        if cell.get("id") in ("forward", "backward"):
-            exec(cell.source, g)
+    g = submissions.solution_functions(SOLUTION, ("forward", "backward"))
     assert check.batch_norm_forward(g["batch_norm_forward"])
     assert check.batch_norm_backward(g["batch_norm_forward"], g["batch_norm_backward"])
     assert "FAIL" not in capsys.readouterr().out
-    wrong = next(m for m in lab01.mistakes() if m.name == "momentum_reversed")
-    with pytest.raises(AssertionError, match="running_mean"):
-        check.running_statistics(wrong.functions["batch_norm_forward"])
-    out = capsys.readouterr().out
-    assert "FAIL" in out and wrong.message in out
+    submissions.assert_self_check_names(capsys, lab01, "momentum_reversed",
+                                        check.running_statistics, "batch_norm_forward",
+                                        "running_mean")
 
 
 def test_self_check_lets_the_students_exception_through():

@@ -14,8 +14,6 @@ import os
 import subprocess
 import sys
 
-import nbformat
-import numpy as np
 import pytest
 
 import catalog
@@ -141,17 +139,12 @@ def test_cli_reports(tmp_path):
 
 def test_self_checks_pass_on_the_solution_and_name_mistakes(capsys):
     from bnlab import check
-    g = {"np": np}
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        if cell.get("id") in ("spatial", "layer-norm", "group-norm"):
-            exec(cell.source, g)
+    g = submissions.solution_functions(SOLUTION, ("spatial", "layer-norm", "group-norm"))
     for layer in ("spatial_batch_norm", "layer_norm", "group_norm"):
         forward, backward = g[f"{layer}_forward"], g[f"{layer}_backward"]
         assert getattr(check, f"{layer}_forward")(forward)
         assert getattr(check, f"{layer}_backward")(forward, backward)
     assert "FAIL" not in capsys.readouterr().out
-    wrong = next(m for m in lab02.mistakes() if m.name == "group_norm_interleaved")
-    with pytest.raises(AssertionError, match="gn_forward"):
-        check.group_norm_forward(wrong.functions["group_norm_forward"])
-    out = capsys.readouterr().out
-    assert "FAIL" in out and wrong.message in out
+    submissions.assert_self_check_names(capsys, lab02, "group_norm_interleaved",
+                                        check.group_norm_forward, "group_norm_forward",
+                                        "gn_forward")

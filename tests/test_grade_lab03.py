@@ -10,7 +10,6 @@ the same batch keeps full marks. The reference itself is checked against hand-co
 
 import os
 
-import nbformat
 import numpy as np
 import pytest
 
@@ -188,16 +187,11 @@ def test_every_named_mistake_is_detectable_and_covers_only_its_functions(expecte
 
 def test_self_checks_pass_on_the_solution_and_name_mistakes(capsys):
     from bnlab import check
-    g = {"np": np}
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        if cell.get("id") in ("ghost", "noise", "lr"):
-            exec(cell.source, g)
+    g = submissions.solution_functions(SOLUTION, ("ghost", "noise", "lr"))
     assert check.ghost_batches(g["ghost_batches"])
     assert check.batch_statistics_noise(g["batch_statistics_noise"])
     assert check.scaled_learning_rate(g["scaled_learning_rate"])
     assert "FAIL" not in capsys.readouterr().out
-    wrong = next(m for m in lab03.mistakes() if m.name == "lr_square_root_rule")
-    with pytest.raises(AssertionError, match="scaled_learning_rate"):
-        check.scaled_learning_rate(wrong.functions["scaled_learning_rate"])
-    out = capsys.readouterr().out
-    assert "FAIL" in out and wrong.message in out
+    submissions.assert_self_check_names(capsys, lab03, "lr_square_root_rule",
+                                        check.scaled_learning_rate, "scaled_learning_rate",
+                                        "scaled_learning_rate")

@@ -13,7 +13,6 @@ on it, and an explicit convolution of random inputs followed by evaluation-mode 
 
 import os
 
-import nbformat
 import numpy as np
 import pytest
 
@@ -236,19 +235,14 @@ def test_hidden_cases_follow_the_seed():
 
 def test_self_checks_pass_on_the_solution_and_name_mistakes(capsys):
     from bnlab import check
-    g = {"np": np}
-    for cell in nbformat.read(SOLUTION, as_version=4).cells:
-        if cell.get("id") in ("merge", "running", "fold"):
-            exec(cell.source, g)
+    g = submissions.solution_functions(SOLUTION, ("merge", "running", "fold"))
     assert check.merge_batch_statistics(g["merge_batch_statistics"])
     assert check.sync_running_statistics(g["sync_running_statistics"])
     assert check.fold_batch_norm(g["fold_batch_norm"])
     assert "FAIL" not in capsys.readouterr().out
-    wrong = next(m for m in lab04.mistakes() if m.name == "fold_bias_not_scaled")
-    with pytest.raises(AssertionError, match="fold_batch_norm"):
-        check.fold_batch_norm(wrong.functions["fold_batch_norm"])
-    out = capsys.readouterr().out
-    assert "FAIL" in out and wrong.message in out
+    submissions.assert_self_check_names(capsys, lab04, "fold_bias_not_scaled",
+                                        check.fold_batch_norm, "fold_batch_norm",
+                                        "fold_batch_norm")
 
 
 # --- the NumPy references against independent computations (float64)
