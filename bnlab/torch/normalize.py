@@ -52,22 +52,21 @@ def sum_of_products(a, b, dims):
         return rows.sum(dim=leading, keepdim=True) if leading else rows
     if 0 not in dims:  # no block loop possible: the product is stored
         return sum_over(a * b, dims)
-    blocks = row_blocks(a)
-    scratch = torch.empty_like(a[blocks[0]])
+    a_blocks = row_blocks(a)
+    scratch = torch.empty_like(a_blocks[0])
     total = 0
-    for rows in blocks:
-        a_rows, b_rows = a[rows], b[rows]
+    for a_rows, b_rows in zip(a_blocks, row_blocks(b)):
         total = total + sum_over(torch.mul(a_rows, b_rows, out=scratch[:len(a_rows)]), dims)
     return total
 
 
 def row_blocks(x, budget=1 << 20):
-    """Slices of x's dim 0 of about ``budget`` bytes each (one row at least). Several
-    operations applied to one block, then to the next, read x from memory once: the block
-    stays in cache between them, where whole-tensor operations would each read x anew."""
+    """x split along dim 0 into views of about ``budget`` bytes each (one row at least; a
+    tensor with no rows is one empty block). Several operations applied to one block, then
+    to the next, read x from memory once: the block stays in cache between them, where
+    whole-tensor operations would each read x anew."""
     row_bytes = x[:1].numel() * x.element_size()  # 0 when x has no rows
-    rows = max(1, budget // max(1, row_bytes))
-    return [slice(start, start + rows) for start in range(0, x.shape[0], rows)] or [slice(0, 0)]
+    return x.split(max(1, budget // max(1, row_bytes)))
 
 
 def mean_over(x, dims):

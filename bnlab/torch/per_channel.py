@@ -21,12 +21,14 @@ is made in cache and never stored whole:
 * y = x * a + b, a = weight * rstd, b = bias - mu * a (eq-bn-xhat and eq-bn-affine joined):
   one operation, as torch's own CPU kernel does. x * a rounds to about eps * |mu| / sigma
   in units of y: no worse than x's own rounding, which blurs x_hat by as much already;
+* (x - mu)^2 and dy * (x - mu) are one operation each, not two: torch's kernels of mse_loss
+  (reduction "none") and of its backward compute exactly that (``squared_deviations``,
+  ``twice_products_with_deviations``);
 * backward: sum(dy) and sum(dy * (x - mu)) in one pass over x and dy, then
   dx = dy * g + x * k + c (eq-bn-dx expanded, ``per_channel_backward``) in two operations
   per block, the second on the first one's result in cache.
 """
 
-from functools import cached_property
 from math import prod
 
 import torch
@@ -57,12 +59,22 @@ class ChannelMatrix:
             self.rows_per_channel = s >= ROW_LENGTH if by_rows is None else by_rows
             self.copies, self.spatial = n, s  # how often a channel repeats, along what
         self.matrix = self.view(x)
-        self.blocks = row_blocks(self.matrix, BLOCK_BYTES)
+        self.blocks = row_blocks(self.matrix, BLOCK_BYTES)  # views of the matrix's rows
+        self.block_rows = max(1, len(self.blocks[0]))
+        self._ones = {}
 
-    @cached_property
-    def ones(self):
-        """Ones to sum rows or columns with (gemv), made when first needed."""
-        return self.x.new_ones(max(self.matrix.shape))
+    def ones(self, n):
+        """n ones, to sum n rows or columns with (gemv); made once per length."""
+        if n not in self._ones:
+            self._ones[n] = self.x.new_ones(n)
+        return self._ones[n]
+
+    def blocks_of(self, t):
+        """t's rows in the blocks of ``blocks`` (t: the matrix's shape, or a column from
+        ``spread``); a row from ``spread`` is the same for every block."""
+        if t.shape[0] == 1 and not self.rows_per_channel:
+            return [t] * len(self.blocks)
+        return t.split(self.block_rows)
 
     def for_elementwise(self):
         """The matrix to compute y and dx on: columns per channel, whose constants form one
@@ -77,11 +89,11 @@ class ChannelMatrix:
     def affine_plus(self, t, g, k, c):
         """t * g + x * k + c with per-channel g, k, c, block by block so that the second
         operation finds the first one's result in cache (t: the matrix's shape)."""
-        x, dx = self.matrix, torch.empty_like(self.matrix)
-        g, k, c = self.spread(g), self.spread(k), self.spread(c)
-        for rows in self.blocks:
-            dx_rows = torch.addcmul(self.at(c, rows), x[rows], self.at(k, rows), out=dx[rows])
-            dx_rows.addcmul_(t[rows], self.at(g, rows))
+        dx = torch.empty_like(self.matrix)
+        parts = zip(self.blocks_of(dx), self.blocks, self.blocks_of(t),
+                    *(self.blocks_of(self.spread(v)) for v in (g, k, c)))
+        for dx_rows, x_rows, t_rows, g_rows, k_rows, c_rows in parts:
+            torch.addcmul(c_rows, x_rows, k_rows, out=dx_rows).addcmul_(t_rows, g_rows)
         return dx
 
     def view(self, t):
@@ -107,15 +119,11 @@ class ChannelMatrix:
             return v.repeat(self.copies).reshape(-1, 1)
         return v.repeat_interleave(self.spatial).reshape(1, -1)
 
-    def at(self, spread, rows):
-        """The part of ``spread`` that broadcasts against ``matrix[rows]``."""
-        return spread[rows] if self.rows_per_channel else spread
-
     def sums(self, block):
         """Row sums (rows per channel) or column sums of a block: (rows,) or (C * S,)."""
         if self.rows_per_channel:
-            return torch.mv(block, self.ones[:block.shape[1]])
-        return torch.mv(block.t(), self.ones[:block.shape[0]])
+            return torch.mv(block, self.ones(block.shape[1]))
+        return torch.mv(block.t(), self.ones(block.shape[0]))
 
     def channel_sums(self, sums):
         """The per-row (N * C,) or per-column (C * S,) sums -> (C,) per-channel sums."""
@@ -135,27 +143,22 @@ class ChannelMatrix:
         cache, and eq-sync-merge joins the parts of each channel. With columns and blocks of
         fewer than MERGE_ROWS rows the parts would be nearly as many numbers as x: the
         channel's mean first, then M2 around it block by block. Returns (mean, M2), (C,)."""
-        a, s = self.matrix, self.spatial
-        scratch = torch.empty_like(a[self.blocks[0]])
-        merge = self.rows_per_channel or len(a[self.blocks[0]]) >= MERGE_ROWS
-        if not merge:
-            mean = self.channel_sums(self.sums(a)) / self.count
-            center = self.spread(mean)
-        means, m2s, counts = [], [], []
-        for rows in self.blocks:
-            block = a[rows]
-            if merge:  # the part's own mean: per row of the block, or per column
-                count = s if self.rows_per_channel else len(block)
-                center = self.sums(block) / count
-                means.append(center)
-                counts.append(count)
-                if self.rows_per_channel:
-                    center = center.reshape(-1, 1)
-            x_center = torch.sub(block, center, out=scratch[:len(block)])
-            m2s.append(self.sums(x_center.square_()))
-        if not merge:
+        s, c = self.spatial, self.channels
+        scratch = torch.empty_like(self.blocks[0])
+        if not (self.rows_per_channel or self.block_rows >= MERGE_ROWS):
+            mean = self.channel_sums(self.sums(self.matrix)) / self.count
+            m2s = [self.sums(squared_deviations(block, center, scratch[:len(block)]))
+                   for block, center in zip(self.blocks, self.blocks_of(self.spread(mean)))]
             return mean, self.channel_sums(self.join(m2s))
-        c = self.channels
+        means, m2s, counts = [], [], []
+        for block in self.blocks:  # the part's own mean: per row of the block, or per column
+            count = s if self.rows_per_channel else len(block)
+            center = self.sums(block) / count
+            means.append(center)
+            counts.append(count)
+            if self.rows_per_channel:
+                center = center.reshape(-1, 1)
+            m2s.append(self.sums(squared_deviations(block, center, scratch[:len(block)])))
         if self.rows_per_channel:  # parts: the N rows of each channel, S numbers each
             means, m2s = (torch.cat(t).reshape(-1, c) for t in (means, m2s))
             counts = means.new_full((len(means), 1), s)
@@ -167,17 +170,30 @@ class ChannelMatrix:
         return mean, m2
 
     def sums_with(self, dy, mu):
-        """Per-channel sum(dy) and sum(dy * (x - mu)), one pass over x and dy (x - mu and
-        the product made block by block in cache). dy: the matrix's shape."""
-        a, mu_m = self.matrix, self.spread(mu)
-        scratch = torch.empty_like(a[self.blocks[0]])
-        parts_dy, parts_dy_x_mu = [], []
-        for rows in self.blocks:
-            dy_rows = dy[rows]
-            x_mu = torch.sub(a[rows], self.at(mu_m, rows), out=scratch[:len(dy_rows)])
+        """Per-channel sum(dy) and sum(dy * (x - mu)), one pass over x and dy (the product
+        made block by block in cache, in one operation). dy: the matrix's shape."""
+        scratch = torch.empty_like(self.blocks[0])
+        parts_dy, parts_twice = [], []
+        for dy_rows, x_rows, mu_rows in zip(self.blocks_of(dy), self.blocks,
+                                            self.blocks_of(self.spread(mu))):
             parts_dy.append(self.sums(dy_rows))
-            parts_dy_x_mu.append(self.sums(x_mu.mul_(dy_rows)))
-        return tuple(self.channel_sums(self.join(p)) for p in (parts_dy, parts_dy_x_mu))
+            twice = twice_products_with_deviations(dy_rows, x_rows, mu_rows,
+                                                   scratch[:len(dy_rows)])
+            parts_twice.append(self.sums(twice))
+        sum_dy, twice_sum = (self.channel_sums(self.join(p)) for p in (parts_dy, parts_twice))
+        return sum_dy, twice_sum / 2  # halving is exact
+
+
+def squared_deviations(x, center, out):
+    """(x - center)^2 elementwise, in one pass over x (torch.sub, then square_, are two):
+    torch's kernel of mse_loss with reduction "none" computes exactly that, in ``out``."""
+    return torch._C._nn.mse_loss(x, center, 0, out=out)  # 0: reduction "none"
+
+
+def twice_products_with_deviations(dy, x, center, out):
+    """2 * dy * (x - center) elementwise, in one pass: the kernel of mse_loss's backward
+    (reduction "none"), in ``out``. The factor 2 is exact in binary floating point."""
+    return torch.ops.aten.mse_loss_backward.grad_input(dy, x, center, 0, grad_input=out)
 
 
 def per_channel_forward(x, weight, bias, affine_shape, eps, stats):
