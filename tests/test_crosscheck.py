@@ -98,9 +98,9 @@ def test_torch_autograd_gradcheck(rng, shape, training):
     c = shape[1]
     rm, rv = torch.tensor(rng.standard_normal(c)), torch.tensor(rng.uniform(0.5, 2, c))
     inputs = tuple(torch.tensor(a, requires_grad=True) for a in (x, gamma, beta))
-    assert torch.autograd.gradcheck(
-        lambda x_, g_, b_: bnlab_batch_norm(x_, rm.clone(), rv.clone(), g_, b_,
-                                            training=training), inputs)
+    for check in (torch.autograd.gradcheck, torch.autograd.gradgradcheck):  # 1st, 2nd order
+        assert check(lambda x_, g_, b_: bnlab_batch_norm(x_, rm.clone(), rv.clone(), g_, b_,
+                                                         training=training), inputs)
 
 
 @given(n=st.integers(2, 4), c=st.integers(1, 4), spatial=st.lists(st.integers(1, 3), max_size=3),

@@ -143,8 +143,11 @@ def test_hypothesis_functional_matches_torch(n, c, spatial, eps, seed):
 # --- gradcheck: the Function's hand-written backward against its own forward -------------
 
 def gradcheck(fn, *inputs):
+    """First derivatives (the closed form) and second ones (the backward differentiated,
+    create_graph=True) against finite differences."""
     leaves = tuple(t.detach().clone().requires_grad_(True) for t in inputs)
     assert torch.autograd.gradcheck(fn, leaves)
+    assert torch.autograd.gradgradcheck(fn, leaves)
 
 
 @pytest.mark.parametrize("shape", [(4, 4, 3), (2, 4, 2, 3)])

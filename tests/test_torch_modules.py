@@ -244,6 +244,24 @@ def test_batch_norm_rows_per_channel_throughout_when_a_sample_is_too_large(monke
     assert_batch_norm_equals_torch_nn(3 * x.x + 5, training)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_a_gradient_penalty_through_batch_norm_equals_torch_nn(training):
+    # d/d(x, weight, bias) of |dL/dx|^2: the backward differentiated (create_graph=True)
+    from bnlab.torch.functional import batch_norm
+    torch.manual_seed(2)
+    x = 3 * torch.randn(6, 4, 5, dtype=torch.float64) + 5
+    params = [torch.rand(4, dtype=torch.float64) + 0.5, torch.randn(4, dtype=torch.float64)]
+    running = [torch.randn(4, dtype=torch.float64), torch.rand(4, dtype=torch.float64) + 1]
+    results = []
+    for fn in (torch.nn.functional.batch_norm, batch_norm):
+        xd, w, b = (t.clone().requires_grad_() for t in [x] + params)
+        y = fn(xd, *(t.clone() for t in running), w, b, training=training)
+        (dx,) = torch.autograd.grad((y * torch.sin(y)).sum(), xd, create_graph=True)
+        results.append(torch.autograd.grad(dx.square().sum(), (xd, w, b)))
+    for theirs, ours in zip(*results):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+
+
 def assert_batch_norm_equals_torch_nn(x, training):
     """bnlab.torch.functional.batch_norm vs torch.nn's: y (and its memory format), dx,
     dweight, dbias with a random dy, running statistics; float64, 1e-10."""

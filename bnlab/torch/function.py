@@ -1,7 +1,9 @@
 """One autograd Function for the whole family: BatchNorm, LayerNorm, GroupNorm,
 InstanceNorm, RMSNorm, Ghost BatchNorm and Batch Renorm differ only in the ``Layout``
 (where the statistics come from), in ``centered`` (RMSNorm removes no mean) and in the
-Batch Renorm correction. The backward pass is the book's closed form, not autograd.
+Batch Renorm correction. The backward pass is the book's closed form, not autograd; when
+the backward is itself differentiated (create_graph=True), autograd through the recomputed
+forward (``_backward_by_autograd``), so second derivatives are right too.
 
     family       view of x (N, C, *spatial)          reduced dims      weight, bias
     BatchNorm    (N, C, *spatial)                    all but 1         (C,)
@@ -56,8 +58,8 @@ class Normalize(torch.autograd.Function):
             y, mu, var, rstd, r, d = _layout_forward(xs, x.shape, weight, bias, layout, eps,
                                                       centered, stats, renorm, m)
         # x, not x_hat: no second buffer of x's size; the backward recomputes x_hat from it
-        ctx.save_for_backward(x, mu, rstd, weight, r, d)
-        ctx.layout, ctx.centered, ctx.batch_stats = layout, centered, stats is None
+        ctx.save_for_backward(x, mu, rstd, weight, bias, r, d)
+        ctx.layout, ctx.centered, ctx.batch_stats, ctx.eps = layout, centered, stats is None, eps
         ctx.mark_non_differentiable(mu, var)
         return y.reshape(x.shape).to(x.dtype), mu, var
 
@@ -65,7 +67,9 @@ class Normalize(torch.autograd.Function):
     def backward(ctx, dy, _dmu, _dvar):
         """dbias (eq-bn-dbeta), dweight (eq-bn-dgamma), dx (eq-bn-dx, eq-rms-dx, eq-brn-dx
         or eq-bn-dx-eval)."""
-        x, mu, rstd, weight, r, d = ctx.saved_tensors  # mu, rstd, r, d: the view's rank
+        if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated too
+            return _backward_by_autograd(ctx, dy)
+        x, mu, rstd, weight, _, r, d = ctx.saved_tensors  # mu, rstd, r, d: the view's rank
         layout = ctx.layout
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
         xs = x.to(rstd.dtype).reshape(layout.view)  # x -> the view, in the compute dtype
@@ -104,6 +108,32 @@ class Normalize(torch.autograd.Function):
                 dx = dx_hat * rstd
             dx = dx.reshape(dy.shape).to(dy.dtype)  # the view -> x's shape
         return dx, dweight, dbias, None, None, None, None, None
+
+
+def _backward_by_autograd(ctx, dy):
+    """Normalize's backward when autograd records it (create_graph=True: a gradient penalty,
+    a Hessian-vector product, double backward). The closed form takes mu and rstd as numbers
+    the forward computed, so differentiating it would miss how they move with x; instead the
+    forward is recomputed from x in plain differentiable torch operations (eq-bn-mean ..
+    eq-bn-affine) and autograd differentiates it, keeping the graph for the next derivative.
+    What the closed form holds constant stays constant: given statistics (eval) and Batch
+    Renorm's r and d (eq-brn-dx)."""
+    x, mu, rstd, weight, bias, r, d = ctx.saved_tensors
+    layout = ctx.layout
+    xs = x.to(rstd.dtype).reshape(layout.view)
+    if ctx.batch_stats:
+        mu = xs.mean(layout.dims, keepdim=True) if ctx.centered else 0
+        rstd = torch.rsqrt((xs - mu).square().mean(layout.dims, keepdim=True) + ctx.eps)
+    x_hat = (xs - mu) * rstd if r is None else (xs - mu) * rstd * r + d
+    y = x_hat.reshape(x.shape)
+    if weight is not None:
+        y = y * weight.to(y.dtype).reshape(layout.affine)
+    if bias is not None:
+        y = y + bias.to(y.dtype).reshape(layout.affine)
+    needs = ctx.needs_input_grad[:3]
+    wanted = [t for t, need in zip((x, weight, bias), needs) if need]
+    grads = iter(torch.autograd.grad(y, wanted, dy.to(y.dtype), create_graph=True))
+    return tuple(next(grads) if need else None for need in needs) + (None,) * 5
 
 
 def _layout_forward(x, x_shape, weight, bias, layout, eps, centered, stats, renorm, m):
