@@ -278,9 +278,10 @@ def test_gradcheck_float64(device):
     running = running_buffers(2, device, torch.float64)
     inputs = tuple(t.detach().clone().requires_grad_(True) for t in (x, gamma, beta))
     for training in (True, False):
-        assert torch.autograd.gradcheck(
-            lambda x_, g_, b_: bk.batch_norm(x_, *(t.clone() for t in running), g_, b_,
-                                             training=training), inputs, fast_mode=True)
+        def fn(x_, g_, b_):
+            return bk.batch_norm(x_, *(t.clone() for t in running), g_, b_, training=training)
+        assert torch.autograd.gradcheck(fn, inputs, fast_mode=True)
+        assert torch.autograd.gradgradcheck(fn, inputs, fast_mode=True)  # create_graph=True
 
 
 # --- validation ---------------------------------------------------------------------------

@@ -22,7 +22,6 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch.autograd.function import once_differentiable
 from triton.runtime.interpreter import InterpretedFunction
 
 from .._validate import check_batch_norm, check_input, check_per_channel
@@ -232,19 +231,20 @@ class BatchNormFunction(torch.autograd.Function):
     forward(x, weight, bias, running_mean, running_var, training, momentum, eps, knobs) -> y,
     knobs = (chunk_rows, block_rows) or (None, None). Saves x, weight, and the (C,) mean and
     rstd (batch statistics in training, running ones in eval) in the accumulation dtype.
-    backward: dx, dweight (in weight's dtype), dbias (in bias's dtype); not differentiable
-    twice (the backward is a kernel, not torch ops).
+    backward: dx, dweight (in weight's dtype), dbias (in bias's dtype). Differentiated again
+    (create_graph=True), it is bnlab.torch's ``backward_by_autograd``: the kernel is not torch
+    operations that autograd could record.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, training, momentum, eps,
                 knobs):
-        ctx.training, ctx.knobs = training, knobs
+        ctx.training, ctx.knobs, ctx.eps = training, knobs, eps
         ctx.bias_dtype = None if bias is None else bias.dtype
         if x.numel() == 0:  # as torch: an empty batch, an empty y, the buffers untouched
             ctx.save_for_backward(x, weight)
             return torch.empty_like(x)
-        x, x_strides = _as_rows(x)
+        x_in, (x, x_strides) = x, _as_rows(x)
         plan = make_plan(x, x_strides, *knobs)
         with torch.cuda.device_of(x):  # launch on x's GPU (a no-op on the CPU)
             if training:
@@ -253,26 +253,41 @@ class BatchNormFunction(torch.autograd.Function):
             else:
                 y, mean, rstd = forward_eval(x, x_strides, weight, bias, running_mean,
                                              running_var, eps, plan)
-        ctx.save_for_backward(x, weight, mean, rstd)
+        ctx.save_for_backward(x_in, weight, mean, rstd, bias)  # x_in: for create_graph
         return y
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, dy):
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
         c = ctx.saved_tensors[0].shape[1]
         if len(ctx.saved_tensors) == 2:  # the empty batch: every sum is 0
             x, weight = ctx.saved_tensors
             dx, sums = torch.zeros_like(x), x.new_zeros(2 * c, dtype=torch.float32)
+        elif torch.is_grad_enabled():  # create_graph=True: this backward is differentiated too
+            return _backward_by_autograd(ctx, dy) + (None,) * 6
         else:
-            x, weight, mean, rstd = ctx.saved_tensors
-            plan = make_plan(x, row_strides(x), *ctx.knobs)
+            x, weight, mean, rstd, _ = ctx.saved_tensors
+            x, x_strides = _as_rows(x)
+            plan = make_plan(x, x_strides, *ctx.knobs)
             with torch.cuda.device_of(x):
                 dx, sums = backward(dy, x, weight, mean, rstd, ctx.training, need_dx,
                                     need_dweight or need_dbias, plan)
         dweight = sums[c:].to(weight.dtype) if need_dweight else None  # eq-bn-dgamma
         dbias = sums[:c].to(ctx.bias_dtype) if need_dbias else None  # eq-bn-dbeta
         return dx, dweight, dbias, None, None, None, None, None, None
+
+
+def _backward_by_autograd(ctx, dy):
+    """BatchNormFunction's (dx, dweight, dbias) by bnlab.torch's ``backward_by_autograd``:
+    batch statistics recomputed from x in training, the saved running ones in eval."""
+    from ..torch.function import backward_by_autograd
+    from ..torch.functional import _batch_norm_layout
+
+    x, weight, mean, rstd, bias = ctx.saved_tensors
+    layout = _batch_norm_layout(x.shape)
+    given = (None, None) if ctx.training else (t.reshape(layout.affine) for t in (mean, rstd))
+    return backward_by_autograd(dy, x, weight, bias, ctx.needs_input_grad[:3], layout,
+                                ctx.eps, True, *given)
 
 
 # --- the functional entry point -----------------------------------------------------------

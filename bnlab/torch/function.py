@@ -3,7 +3,7 @@ InstanceNorm, RMSNorm, Ghost BatchNorm and Batch Renorm differ only in the ``Lay
 (where the statistics come from), in ``centered`` (RMSNorm removes no mean) and in the
 Batch Renorm correction. The backward pass is the book's closed form, not autograd; when
 the backward is itself differentiated (create_graph=True), autograd through the recomputed
-forward (``_backward_by_autograd``), so second derivatives are right too.
+forward (``backward_by_autograd``), so second derivatives are right too.
 
     family       view of x (N, C, *spatial)          reduced dims      weight, bias
     BatchNorm    (N, C, *spatial)                    all but 1         (C,)
@@ -68,7 +68,11 @@ class Normalize(torch.autograd.Function):
         """dbias (eq-bn-dbeta), dweight (eq-bn-dgamma), dx (eq-bn-dx, eq-rms-dx, eq-brn-dx
         or eq-bn-dx-eval)."""
         if torch.is_grad_enabled():  # create_graph=True: this backward is differentiated too
-            return _backward_by_autograd(ctx, dy)
+            x, mu, rstd, weight, bias, r, d = ctx.saved_tensors
+            given = (None, None) if ctx.batch_stats else (mu, rstd)
+            return backward_by_autograd(dy, x, weight, bias, ctx.needs_input_grad[:3],
+                                        ctx.layout, ctx.eps, ctx.centered, *given,
+                                        r, d) + (None,) * 5
         x, mu, rstd, weight, _, r, d = ctx.saved_tensors  # mu, rstd, r, d: the view's rank
         layout = ctx.layout
         need_dx, need_dweight, need_dbias = ctx.needs_input_grad[:3]
@@ -110,30 +114,29 @@ class Normalize(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None, None, None
 
 
-def _backward_by_autograd(ctx, dy):
-    """Normalize's backward when autograd records it (create_graph=True: a gradient penalty,
-    a Hessian-vector product, double backward). The closed form takes mu and rstd as numbers
-    the forward computed, so differentiating it would miss how they move with x; instead the
-    forward is recomputed from x in plain differentiable torch operations (eq-bn-mean ..
-    eq-bn-affine) and autograd differentiates it, keeping the graph for the next derivative.
-    What the closed form holds constant stays constant: given statistics (eval) and Batch
-    Renorm's r and d (eq-brn-dx)."""
-    x, mu, rstd, weight, bias, r, d = ctx.saved_tensors
-    layout = ctx.layout
-    xs = x.to(rstd.dtype).reshape(layout.view)
-    if ctx.batch_stats:
-        mu = xs.mean(layout.dims, keepdim=True) if ctx.centered else 0
-        rstd = torch.rsqrt((xs - mu).square().mean(layout.dims, keepdim=True) + ctx.eps)
+def backward_by_autograd(dy, x, weight, bias, needs, layout, eps, centered=True, mu=None,
+                         rstd=None, r=None, d=None):
+    """(dx, dweight, dbias), None where ``needs`` says no, for a backward pass that autograd
+    records (create_graph=True: a gradient penalty, a Hessian-vector product, double
+    backward). A closed-form backward takes mu and rstd as numbers the forward computed, so
+    differentiating it would miss how they move with x; here the forward is recomputed from
+    x in plain differentiable torch operations (eq-bn-mean .. eq-bn-affine) and autograd
+    differentiates it, keeping the graph for the next derivative. mu, rstd: given statistics
+    (eval), constants, broadcastable to layout.view; None: x's own. r, d: Batch Renorm's
+    constants (eq-brn-dx), or None. Normalize's backward and the Triton kernels' use it."""
+    xs = x.to(compute_dtype(x.dtype)).reshape(layout.view)
+    if rstd is None:  # batch statistics, which carry gradient
+        mu = xs.mean(layout.dims, keepdim=True) if centered else 0
+        rstd = torch.rsqrt((xs - mu).square().mean(layout.dims, keepdim=True) + eps)
     x_hat = (xs - mu) * rstd if r is None else (xs - mu) * rstd * r + d
     y = x_hat.reshape(x.shape)
     if weight is not None:
         y = y * weight.to(y.dtype).reshape(layout.affine)
     if bias is not None:
         y = y + bias.to(y.dtype).reshape(layout.affine)
-    needs = ctx.needs_input_grad[:3]
     wanted = [t for t, need in zip((x, weight, bias), needs) if need]
     grads = iter(torch.autograd.grad(y, wanted, dy.to(y.dtype), create_graph=True))
-    return tuple(next(grads) if need else None for need in needs) + (None,) * 5
+    return tuple(next(grads) if need else None for need in needs)
 
 
 def _layout_forward(x, x_shape, weight, bias, layout, eps, centered, stats, renorm, m):

@@ -119,8 +119,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     runs bnlab.kernels.batch_norm, Triton kernels (CUDA; a CPU input needs Triton's
     interpreter, TRITON_INTERPRET=1); "auto" (the default) picks "triton" for a CUDA input
     of a dtype the kernels support (float32, float16, bfloat16, float64) when triton is
-    installed, else "torch". "torch" is differentiable twice (create_graph=True, as for a
-    gradient penalty), as torch.nn's is; the kernels' backward is not.
+    installed, else "torch". Both backends' backward passes are differentiable again
+    (create_graph=True, as for a gradient penalty), as torch.nn's is.
     """
     _check_batch_norm_args(input, running_mean, running_var, weight, bias, training, eps)
     if _use_kernels(backend, input):
