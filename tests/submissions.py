@@ -44,3 +44,34 @@ def assert_self_check_names(capsys, lab, mistake_name, check, function_name, mat
         check(wrong.functions[function_name])
     out = capsys.readouterr().out
     assert "FAIL" in out and wrong.message in out
+
+
+# --- what every lab's grader must give the solution and the untouched lab -----------------
+
+def failing(report):
+    """The names of the report's questions that did not pass."""
+    return {q.name for q in report.cases if not q.passed}
+
+
+def assert_full_marks(report, max_score, questions=None):
+    """The solution: graded without notes or integrity findings, every question passed,
+    ``max_score`` points; the questions in the order of ``questions`` when given."""
+    from bnlab.grade import grader
+
+    table = grader.format_table(report)
+    assert report.status == "graded" and report.notes == [] and report.integrity == [], table
+    assert report.score == report.max_score == max_score and failing(report) == set(), table
+    if questions is not None:
+        assert [q.name for q in report.cases] == [q.name for q in questions]
+
+
+def assert_untouched_lab_scores_zero(report, max_score):
+    """The lab as handed out: graded (no grader error), zero of ``max_score`` points, and
+    every question's feedback says its function is not implemented yet."""
+    from bnlab.grade import grader
+
+    assert report.status == "graded" and report.notes == [], grader.format_table(report)
+    assert report.score == 0 and report.max_score == max_score
+    for q in report.cases:
+        assert any("NotImplementedError" in f and "not implemented yet" in f
+                   for f in q.feedback), q
