@@ -75,3 +75,38 @@ def assert_untouched_lab_scores_zero(report, max_score):
     for q in report.cases:
         assert any("NotImplementedError" in f and "not implemented yet" in f
                    for f in q.feedback), q
+
+
+def assert_named_mistakes(report, max_score, broken, messages, where=None):
+    """A classic mistake's notebook: graded without notes; exactly the ``broken`` questions
+    fail, each losing all its points. ``messages``, {mistake name: message}: every question
+    of ``where`` (default: every broken one) names some of these mistakes, each once and with
+    its message, and together they name all of them; a question that passes names none."""
+    from bnlab.grade import grader
+
+    table = grader.format_table(report)
+    assert report.status == "graded" and report.notes == [], table
+    assert failing(report) == broken, table
+    assert report.score == max_score - sum(q.max_score for q in report.cases if q.name in broken)
+    seen = set()
+    for q in report.cases:
+        if q.name not in broken:
+            assert q.mistakes == [], table
+        elif q.name in (broken if where is None else where):
+            assert q.mistakes and len(set(q.mistakes)) == len(q.mistakes), table
+            assert set(q.mistakes) <= set(messages), table
+            for m in q.mistakes:
+                assert any(messages[m] in f for f in q.feedback), table
+            seen.update(q.mistakes)
+    assert seen == set(messages), table
+
+
+def assert_fails_with_words(report, broken, words):
+    """Exactly the ``broken`` questions fail, and each one's feedback contains ``words``."""
+    from bnlab.grade import grader
+
+    table = grader.format_table(report)
+    assert report.status == "graded" and failing(report) == broken, table
+    for q in report.cases:
+        if q.name in broken:
+            assert any(words in f for f in q.feedback), table

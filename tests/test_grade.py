@@ -60,9 +60,6 @@ def by_question(report):
     return {q.name: q for q in report.cases}
 
 
-failing = submissions.failing
-
-
 def test_solution_full_marks(graded):
     submissions.assert_full_marks(graded["solution"], 18)
 

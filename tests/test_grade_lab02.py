@@ -56,9 +56,6 @@ def graded(tmp_path_factory, expected):
     return dict(zip(paths, reports))
 
 
-failing = submissions.failing
-
-
 def test_solution_full_marks(graded):
     submissions.assert_full_marks(graded["solution"], MAX_SCORE, QUESTIONS)
 
@@ -70,7 +67,7 @@ def test_untouched_lab_scores_zero_without_grader_error(graded):
 def test_crash_gets_a_verdict_and_the_rest_is_graded(graded):
     report = graded["crash"]
     assert report.status == "graded"
-    assert failing(report) == {"ln_backward_dx", "ln_backward_params"}, grader.format_table(report)
+    assert submissions.failing(report) == {"ln_backward_dx", "ln_backward_params"}, grader.format_table(report)
     assert report.score == MAX_SCORE - 4
     for q in report.cases:
         if not q.passed:

@@ -134,9 +134,6 @@ def graded(tmp_path_factory):
     return dict(zip(paths, reports))
 
 
-failing = submissions.failing
-
-
 def test_points():
     assert sum(q.points for q in QUESTIONS if not q.hidden) == PUBLIC_SCORE
     assert sum(q.points for q in QUESTIONS) == MAX_SCORE
@@ -154,32 +151,15 @@ def test_untouched_lab_scores_zero_without_grader_error(graded):
 @pytest.mark.parametrize("name", sorted(MISTAKES))
 def test_classic_mistake_loses_its_points_and_is_named(graded, name):
     _, broken, named, where = MISTAKES[name]
-    report = graded[name]
-    assert report.status == "graded" and report.notes == []
-    assert failing(report) == broken, grader.format_table(report)
-    assert report.score == MAX_SCORE - sum(q.max_score for q in report.cases if q.name in broken)
-    messages = {m.name: m.message for m in lab04.mistakes()}
-    seen = set()
-    for q in report.cases:
-        if q.name not in broken:
-            assert q.mistakes == []
-        elif where is None or q.name in where:
-            assert q.mistakes and set(q.mistakes) <= named, grader.format_table(report)
-            for m in q.mistakes:
-                assert any(messages[m] in f for f in q.feedback), grader.format_table(report)
-            seen.update(q.mistakes)
-    assert seen == named
+    by_name = {m.name: m.message for m in lab04.mistakes()}
+    messages = {m: by_name[m] for m in named}
+    submissions.assert_named_mistakes(graded[name], MAX_SCORE, broken, messages, where)
 
 
 @pytest.mark.parametrize("name", sorted(OTHERS))
 def test_shapes_dtypes_numerics_and_crashes(graded, name):
     _, broken, words = OTHERS[name]
-    report = graded[name]
-    assert report.status == "graded"
-    assert failing(report) == broken, grader.format_table(report)
-    for q in report.cases:
-        if q.name in broken:
-            assert any(words in f for f in q.feedback), grader.format_table(report)
+    submissions.assert_fails_with_words(graded[name], broken, words)
 
 
 def test_crash_is_a_verdict_not_a_wrong_value(graded):
