@@ -38,8 +38,8 @@ def centered_moments(x, axes):
 
     Two passes (mean first, then the mean of squared deviations) instead of the one-pass
     E[x^2] - E[x]^2, which cancels catastrophically when |mean| >> std (float32 at mean
-    1e4 gives NaN). x - mu, the second pass's input, is returned because x_hat is made
-    from it (normalize_centered). mu and var keep ``keepdims`` shape: they broadcast
+    1e4 gives NaN). x - mu, the second pass's input, is returned because y is made from it
+    and the backward pass keeps it (NormCache). mu and var keep ``keepdims`` shape: they broadcast
     against ``x``.
     """
     mu = mean_over(x, axes)
@@ -57,22 +57,6 @@ def moments(x, axes):
 def mean_square(x, axes):
     """RMSNorm's statistic mean(x^2) over ``axes``, keepdims (eq-rms-ms): no mean is removed."""
     return mean_over(x, axes, x)
-
-
-def normalize_centered(x_mu, var, eps):
-    """x_hat = (x - mu) / sqrt(var + eps) (eq-bn-xhat) from x_mu = x - mu, IN PLACE: x_mu's
-    memory becomes x_hat (pass an array you own). Returns ``(x_hat, rstd)``."""
-    rstd = 1.0 / np.sqrt(var + eps)
-    x_mu *= rstd
-    return x_mu, rstd
-
-
-def normalize(x, mu, var, eps):
-    """x_hat = (x - mu) / sqrt(var + eps) (eq-bn-xhat); returns ``(x_hat, rstd)``.
-
-    RMSNorm is the case mu = 0, var = mean(x^2) (eq-rms-xhat).
-    """
-    return normalize_centered(x - mu, var, eps)
 
 
 def normalize_backward(dx_hat, x_hat, rstd, axes, centered=True, means=None):
@@ -126,9 +110,11 @@ class Layout(NamedTuple):
 
 
 class NormCache(NamedTuple):
-    """What the backward pass needs, for every member of the family."""
+    """What the backward pass needs, for every member of the family. It keeps x - mu, not
+    x_hat: x_hat = (x - mu) * rstd is one product away (``x_hat``), and not making it saves
+    BatchNorm's forward a pass over x (y = (x - mu) * (gamma * rstd) + beta, two passes)."""
 
-    x_hat: np.ndarray  # x's shape, normalized input
+    x_mu: np.ndarray  # x's shape, x - mu (a copy of x for RMSNorm, which subtracts nothing)
     rstd: np.ndarray  # view shape with 1 on the reduced axes, 1 / sqrt(var + eps)
     gamma: Optional[np.ndarray]  # param shape, or None without a scale
     has_beta: bool  # whether there is a shift
@@ -136,6 +122,11 @@ class NormCache(NamedTuple):
     batch_stats: bool  # statistics computed from x (they carry gradient) or constants
     centered: bool  # False for RMSNorm: no mean was subtracted
     family: str  # which forward made it, e.g. "batch_norm": its backward checks this
+
+    @property
+    def x_hat(self):
+        """The normalized input (x - mu) * rstd (eq-bn-xhat), x's shape, made on demand."""
+        return (self.x_mu.reshape(self.layout.view) * self.rstd).reshape(self.x_mu.shape)
 
 
 def as_floating_input(where, x, min_rank=2, max_rank=None):
@@ -167,22 +158,20 @@ def normalization_forward(x, layout, gamma, beta, eps, *, family, stats=None,
         mu, var, x_mu = centered_moments(xs, layout.axes)
     else:  # RMSNorm: "var" is the mean square, nothing is subtracted
         mu, var = 0.0, mean_square(xs, layout.axes)
-        x_mu = xs.copy()  # x itself must not be overwritten below
-    x_hat, rstd = normalize_centered(x_mu, var, eps)  # in place: x_mu becomes x_hat
-    x_hat = x_hat.reshape(x.shape)  # the view -> x's shape
-
-    y = x_hat
+        x_mu = xs.copy()  # the cache's own: the caller may change x before the backward
+    rstd = 1.0 / np.sqrt(var + eps)  # eq-bn-xhat: x_hat = (x - mu) * rstd
     if gamma is not None:
         gamma = np.asarray(gamma, dtype=x.dtype)
-        y = x_hat * gamma.reshape(layout.affine)  # param -> affine, e.g. (C,) -> (1, C, 1)
+    if gamma is not None and _per_statistic(layout, x.shape):  # BatchNorm: one pass
+        y = x_mu * (gamma.reshape(layout.affine) * rstd)  # gamma * x_hat (eq-bn-affine)
+    else:
+        y = (x_mu * rstd).reshape(x.shape)  # x_hat, a new array; the view -> x's shape
+        if gamma is not None:
+            y *= gamma.reshape(layout.affine)  # param -> affine, e.g. (C,) -> (1, C, 1)
     if beta is not None:
-        beta = np.asarray(beta, dtype=x.dtype).reshape(layout.affine)
-        if y is x_hat:
-            y = x_hat + beta
-        else:
-            y += beta  # in place: y is a new array already
-    cache = NormCache(x_hat, rstd, gamma, beta is not None, layout, stats is None, centered,
-                      family)
+        y += np.asarray(beta, dtype=x.dtype).reshape(layout.affine)
+    cache = NormCache(x_mu.reshape(x.shape), rstd, gamma, beta is not None, layout,
+                      stats is None, centered, family)
     return y, cache, mu, var
 
 
@@ -198,15 +187,16 @@ def normalization_backward(dy, cache, family):
     if not isinstance(cache, NormCache) or cache.family != family:
         got = cache.family + "_forward's cache" if isinstance(cache, NormCache) else type(cache).__name__
         raise ValueError(f"{where}: expected the cache returned by {family}_forward; got {got}.")
-    x_hat, rstd, gamma, has_beta, layout, batch_stats, centered, _ = cache
+    x_mu, rstd, gamma, has_beta, layout, batch_stats, centered, _ = cache
     dy = np.asarray(dy)
-    check_same_shape(where, "dy", dy.shape, x_hat.shape)
-    dy = dy.astype(x_hat.dtype, copy=False)
+    check_same_shape(where, "dy", dy.shape, x_mu.shape)
+    dy = dy.astype(x_mu.dtype, copy=False)
 
-    broadcast_axes = tuple(i for i, n in enumerate(layout.affine) if n == 1)
-    if layout.view == x_hat.shape and broadcast_axes == layout.axes:
-        return _per_channel_backward(dy, x_hat, rstd, gamma, has_beta, layout, batch_stats,
+    if _per_statistic(layout, x_mu.shape):
+        return _per_channel_backward(dy, x_mu, rstd, gamma, has_beta, layout, batch_stats,
                                      centered)
+    x_hat = cache.x_hat
+    broadcast_axes = tuple(i for i, n in enumerate(layout.affine) if n == 1)
     dbeta = sum_over(dy, broadcast_axes).reshape(layout.param) if has_beta else None
     dgamma = None
     dx_hat = dy
@@ -221,24 +211,33 @@ def normalization_backward(dy, cache, family):
     return dx.reshape(x_hat.shape), dgamma, dbeta  # the view -> x's shape
 
 
-def _per_channel_backward(dy, x_hat, rstd, gamma, has_beta, layout, batch_stats, centered):
-    """normalization_backward when gamma has one value per statistic (BatchNorm: gamma, beta
-    and the statistics are all per channel, reduced over the same axes).
+def _per_statistic(layout, shape):
+    """Whether gamma has one value per statistic, reduced over the same axes (BatchNorm:
+    gamma, beta and the statistics are all per channel), and x is the view."""
+    broadcast_axes = tuple(i for i, n in enumerate(layout.affine) if n == 1)
+    return layout.view == tuple(shape) and broadcast_axes == layout.axes
+
+
+def _per_channel_backward(dy, x_mu, rstd, gamma, has_beta, layout, batch_stats, centered):
+    """normalization_backward when gamma has one value per statistic (``_per_statistic``).
 
     Then sum(dx_hat) = gamma * sum(dy) and sum(dx_hat * x_hat) = gamma * sum(dy * x_hat):
     the two sums of eq-bn-dx are dbeta and dgamma (eq-bn-dbeta, eq-bn-dgamma), computed once,
-    and gamma joins rstd (dx is linear in dx_hat = gamma * dy, eq-bn-dxhat).
+    and gamma joins rstd (dx is linear in dx_hat = gamma * dy, eq-bn-dxhat). x_hat is never
+    made: sum(dy * x_hat) = rstd * sum(dy * (x - mu)).
     """
     axes = layout.axes
     sum_dy = sum_over(dy, axes)  # (1, C, 1, ...)
-    sum_dy_x_hat = sum_over(dy, axes, x_hat)
+    sum_dy_x_hat = sum_over(dy, axes, x_mu) * rstd
     dbeta = sum_dy.reshape(layout.param) if has_beta else None
     dgamma = sum_dy_x_hat.reshape(layout.param) if gamma is not None else None
     gamma_rstd = rstd if gamma is None else gamma.reshape(layout.affine) * rstd
     if batch_stats:
         m = dy.size // sum_dy.size  # numbers per statistic
-        dx = normalize_backward(dy, x_hat, gamma_rstd, axes, centered,
-                                means=(sum_dy / m, sum_dy_x_hat / m))
+        # normalize_backward uses x_hat only in x_hat * mean(dx_hat * x_hat), which equals
+        # (x - mu) * (rstd * mean(dx_hat * x_hat)): x - mu goes in, with that mean
+        dx = normalize_backward(dy, x_mu, gamma_rstd, axes, centered,
+                                means=(sum_dy / m, rstd * sum_dy_x_hat / m))
     else:  # eq-bn-dx-eval: the statistics are constants
         dx = dy * gamma_rstd
     return dx, dgamma, dbeta

@@ -26,7 +26,6 @@ from .normalize import (
     channel_column,
     channel_layout,
     moments,
-    normalize,
     update_running,
 )
 
@@ -84,8 +83,8 @@ def batch_renorm_forward(x, gamma, beta, *, running_mean=None, running_var=None,
     else:
         mu, var = col(running_mean), col(running_var)  # eq-bn-eval
         r, d = np.ones_like(mu), np.zeros_like(mu)
-    x_hat_bn, rstd = normalize(x, mu, var, eps)  # BatchNorm's x_hat
-    x_hat = x_hat_bn * r + d  # eq-brn-xhat
+    x_mu, rstd = x - mu, 1.0 / np.sqrt(var + eps)  # BatchNorm's x_hat = x_mu * rstd
+    x_hat = x_mu * (rstd * r) + d  # eq-brn-xhat
 
     y = x_hat
     if gamma is not None:
@@ -95,7 +94,7 @@ def batch_renorm_forward(x, gamma, beta, *, running_mean=None, running_var=None,
         y = y + col(beta)
     r, d = r.ravel(), d.ravel()  # (1, C, 1, ...) -> (C,)
     layout = channel_layout(x.shape, x.shape, axes)
-    bn = NormCache(x_hat_bn, rstd, r if gamma is None else gamma * r, True, layout,
+    bn = NormCache(x_mu, rstd, r if gamma is None else gamma * r, True, layout,
                    bool(training), True, "batch_norm")
     return y, BatchRenormCache(bn, r, d, gamma, beta is not None)
 
