@@ -19,9 +19,9 @@ def sum_over(a, axes, b=None):
 
     One ``np.einsum`` call: the product a * b is never stored, and einsum reduced several
     axes at once 1.5 to 6 times faster than ``a.sum(axis=axes)`` (measured on the
-    benchmark's shapes, ``python -m bnlab.bench``). A plain sum over the trailing axes and
-    maybe axis 0 (BatchNorm's, LayerNorm's) is a matrix-vector product with ones instead
-    (``_sum_by_gemv``): BLAS took 1.3 to 2 times less than einsum on those shapes.
+    benchmark's shapes, ``python -m bnlab.bench``). A plain sum over axis 0 and the trailing
+    axes (BatchNorm's) is a matrix-vector product with ones instead (``_sum_by_gemv``): BLAS
+    took 1.3 to 2 times less than einsum on those shapes.
     """
     keepdims = [1 if i in axes else n for i, n in enumerate(a.shape)]
     s = _sum_by_gemv(a, axes) if b is None else None
@@ -33,12 +33,15 @@ def sum_over(a, axes, b=None):
 
 
 def _sum_by_gemv(a, axes):
-    """sum(a) over ``axes`` as (a as a matrix) @ ones when ``axes`` are the trailing axes,
-    axis 0, or both, and a is C-contiguous and not empty; else None. (N, C, H, W) over
-    (0, 2, 3): the (N * C, H * W) matrix times ones, then ones times the (N, C) result."""
+    """sum(a) over ``axes`` as (a as a matrix) @ ones when ``axes`` are axis 0 and maybe
+    the trailing axes, and a is C-contiguous and not empty; else None. (N, C, H, W) over
+    (0, 2, 3): the (N * C, H * W) matrix times ones, then ones times the (N, C) result.
+    Sums within each sample (LayerNorm's, GroupNorm's) stay on einsum, whose result for a
+    sample does not depend, bit for bit, on how many others share the array; BLAS may
+    block a matrix of one row differently from one of eight."""
     trailing = [i for i in axes if all(j in axes for j in range(i, a.ndim))]
     leading = [i for i in axes if i not in trailing]
-    if leading not in ([], [0]) or not a.flags.c_contiguous or a.size == 0:
+    if not (leading == [0] or 0 in trailing) or not a.flags.c_contiguous or a.size == 0:
         return None
     s = a
     if trailing:
