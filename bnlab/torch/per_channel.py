@@ -16,8 +16,8 @@ is made in cache and never stored whole:
 * statistics, two-pass (eq-bn-mean, eq-bn-var; no E[x^2] - E[x]^2 anywhere), x read from
   memory once: each row's (or each block's column's) mean and M2 = sum((x - mean)^2) while
   the block is in cache, the parts merged exactly with eq-sync-merge (Chan, Golub and
-  LeVeque; SyncBatchNorm merges replicas with it); with columns and short blocks, the
-  mean first, then M2 (``ChannelMatrix.moments``);
+  LeVeque; SyncBatchNorm merges replicas with it); with columns and short blocks, or when x
+  is one block (in cache), the mean first, then M2 (``ChannelMatrix.moments``);
 * y = x * a + b, a = weight * rstd, b = bias - mu * a (eq-bn-xhat and eq-bn-affine joined):
   one operation, as torch's own CPU kernel does. x * a rounds to about eps * |mu| / sigma
   in units of y: no worse than x's own rounding, which blurs x_hat by as much already;
@@ -71,8 +71,9 @@ class ChannelMatrix:
 
     def blocks_of(self, t):
         """t's rows in the blocks of ``blocks`` (t: the matrix's shape, or a column from
-        ``spread``); a row from ``spread`` is the same for every block."""
-        if t.shape[0] == 1 and not self.rows_per_channel:
+        ``spread``); a row from ``spread`` is the same for every block, and a matrix of one
+        block is its own block (no split: few operations for small inputs)."""
+        if len(self.blocks) == 1 or (t.shape[0] == 1 and not self.rows_per_channel):
             return [t] * len(self.blocks)
         return t.split(self.block_rows)
 
@@ -129,23 +130,26 @@ class ChannelMatrix:
         """The per-row (N * C,) or per-column (C * S,) sums -> (C,) per-channel sums."""
         if self.rows_per_channel:
             return sums.reshape(self.copies, self.channels).sum(0)
-        return sums.reshape(self.channels, self.spatial).sum(1)
+        return sums if self.spatial == 1 else sums.reshape(self.channels, self.spatial).sum(1)
 
     def join(self, parts):
         """Blocks' row sums -> the matrix's row sums (concatenated), or blocks' column sums
         -> the matrix's column sums (added)."""
-        return torch.cat(parts) if self.rows_per_channel else sum(parts)
+        if len(parts) == 1:
+            return parts[0]
+        return torch.cat(parts) if self.rows_per_channel else torch.stack(parts).sum(0)
 
     def moments(self):
         """Per-channel mean and M2 = sum((x - mean)^2), two-pass (eq-bn-mean, eq-bn-var).
         x is read from memory once where the parts are few: each row's (rows per channel)
         or each block's column's own mean, then its M2 around it, while the block is in
         cache, and eq-sync-merge joins the parts of each channel. With columns and blocks of
-        fewer than MERGE_ROWS rows the parts would be nearly as many numbers as x: the
-        channel's mean first, then M2 around it block by block. Returns (mean, M2), (C,)."""
+        fewer than MERGE_ROWS rows the parts would be nearly as many numbers as x, and when
+        x is one block the second pass finds it in cache: there, the channel's mean first,
+        then M2 around it block by block. Returns (mean, M2), (C,)."""
         s, c = self.spatial, self.channels
         scratch = torch.empty_like(self.blocks[0])
-        if not (self.rows_per_channel or self.block_rows >= MERGE_ROWS):
+        if len(self.blocks) == 1 or not (self.rows_per_channel or self.block_rows >= MERGE_ROWS):
             mean = self.channel_sums(self.sums(self.matrix)) / self.count
             m2s = [self.sums(squared_deviations(block, center, scratch[:len(block)]))
                    for block, center in zip(self.blocks, self.blocks_of(self.spread(mean)))]
