@@ -166,6 +166,5 @@ def update_running(running_mean, running_var, mu, var, m, momentum):
     unbiased m / (m - 1) * var (eq-bn-running-mean, eq-bn-running-var). Under no_grad, so
     the update never grows the autograd graph.
     """
-    unbiased_var = var * (m / (m - 1))
-    running_mean.mul_(1 - momentum).add_(momentum * mu.to(running_mean.dtype))
-    running_var.mul_(1 - momentum).add_(momentum * unbiased_var.to(running_var.dtype))
+    running_mean.lerp_(mu.to(running_mean.dtype), momentum)  # running + momentum * (mu - running)
+    running_var.lerp_((var * (m / (m - 1))).to(running_var.dtype), momentum)

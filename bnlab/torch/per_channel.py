@@ -212,7 +212,8 @@ def per_channel_forward(x, weight, bias, affine_shape, eps, stats):
         var = m2 / cm.count
     rstd = torch.rsqrt(var + eps)
     scale = rstd if weight is None else weight.to(x.dtype).reshape(-1) * rstd
-    shift = -mu * scale if bias is None else bias.to(x.dtype).reshape(-1) - mu * scale
+    shift = -mu * scale if bias is None else torch.addcmul(bias.to(x.dtype).reshape(-1), mu,
+                                                           scale, value=-1)
     out = cm.for_elementwise()
     y = torch.addcmul(out.spread(shift), out.matrix, out.spread(scale))
     return (out.unview(y),) + tuple(s.reshape(affine_shape) for s in (mu, var, rstd))
@@ -241,8 +242,10 @@ def per_channel_backward(dy, x, mu, rstd, weight, needs, batch_stats, centered):
     if need_dx:
         g = rstd if weight is None else weight.to(rstd.dtype).reshape(-1) * rstd
         if batch_stats:
-            k = -g * rstd * sum_dy_x_hat / cm.count  # the path through var
-            c = -mu * k - (g * sum_dy / cm.count if centered else 0)  # through mu, and mu folded in
+            k = g * rstd * sum_dy_x_hat * (-1 / cm.count)  # the path through var
+            c = -mu * k  # mu folded in
+            if centered:  # the path through mu
+                c = torch.addcmul(c, g, sum_dy, value=-1 / cm.count)
             dx = out.affine_plus(out.view(dy), g, k, c)
         else:  # eq-bn-dx-eval: the statistics are constants
             dx = out.view(dy) * out.spread(g)
