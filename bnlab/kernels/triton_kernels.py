@@ -13,6 +13,12 @@ The addressing is written out in each kernel rather than in a helper @triton.jit
 Triton's interpreter (TRITON_INTERPRET=1, how the tests run on a CPU) pays milliseconds per
 helper call.
 
+Splitting a row r into (n, s) takes an integer division. Compiled for a GPU, a 64-bit one is
+a long software routine (several times a 32-bit one), so each tile divides its first row
+r0 = n0 * S + s0 in 64 bits, once, and then s0 + i (i < BLOCK_R, so below S + BLOCK_R) in
+32 bits: per thread, the PTX of each kernel has one 64-bit division where it had 16, one per
+element the thread handles.
+
 Reductions over rows (the statistics of eq-bn-mean and eq-bn-var, the sums of eq-bn-dgamma
 and eq-bn-dbeta) run in parallel: the m rows of a channel are cut into chunks of CHUNK rows,
 the grid is (chunk, channel block), and each program writes one partial result per channel
@@ -64,8 +70,10 @@ def chunk_moments_kernel(x_ptr, part_mean_ptr, part_m2_ptr, M, C, S, CHUNK,
         rows = r0 + tl.arange(0, BLOCK_R)
         valid = rows < row_end
         mask = valid[:, None] & c_mask[None, :]
-        n = rows // S
-        s = rows - n * S  # row r = n * S + s
+        n0 = r0 // S  # rows -> (n, s): 64 bits once per tile, then 32 (see the top)
+        t = (r0 - n0 * S).to(tl.int32) + tl.arange(0, BLOCK_R)
+        dn = t // S
+        n, s = n0 + dn, (t - dn * S).to(tl.int64)  # row r = n * S + s
         offsets = (n * stride_n + s * stride_s)[:, None] + c_offsets  # (BLOCK_R, BLOCK_C)
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(ACC) - shift
         # Welford, per lane: mean += delta / count, M2 += delta * (x - new mean)
@@ -149,12 +157,15 @@ def normalize_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, weight_ptr, bias_ptr, M, 
     Grid (cdiv(m, BLOCK_R), cdiv(C, BLOCK_C)). Reads x once and writes y once (in y's dtype):
     m * C * b bytes each way.
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r0 = tl.program_id(0).to(tl.int64) * BLOCK_R
+    rows = r0 + tl.arange(0, BLOCK_R)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = channels < C
     mask = (rows < M)[:, None] & c_mask[None, :]
-    n = rows // S
-    s = rows - n * S  # row r = n * S + s
+    n0 = r0 // S  # rows -> (n, s): 64 bits once per tile, then 32 (see the top)
+    t = (r0 - n0 * S).to(tl.int32) + tl.arange(0, BLOCK_R)
+    dn = t // S
+    n, s = n0 + dn, (t - dn * S).to(tl.int64)  # row r = n * S + s
     c64 = channels.to(tl.int64)[None, :]
     x_offsets = (n * x_stride_n + s * x_stride_s)[:, None] + c64 * x_stride_c
     y_offsets = (n * y_stride_n + s * y_stride_s)[:, None] + c64 * y_stride_c
@@ -197,8 +208,10 @@ def chunk_grad_sums_kernel(dy_ptr, x_ptr, mean_ptr, rstd_ptr, part_ptr, M, C, S,
     for r0 in range(row_start, row_end, BLOCK_R):
         rows = r0 + tl.arange(0, BLOCK_R)
         mask = (rows < row_end)[:, None] & c_mask[None, :]
-        n = rows // S
-        s = rows - n * S  # row r = n * S + s
+        n0 = r0 // S  # rows -> (n, s): 64 bits once per tile, then 32 (see the top)
+        t = (r0 - n0 * S).to(tl.int32) + tl.arange(0, BLOCK_R)
+        dn = t // S
+        n, s = n0 + dn, (t - dn * S).to(tl.int64)  # row r = n * S + s
         dy_offsets = (n * dy_stride_n + s * dy_stride_s)[:, None] + c64 * dy_stride_c
         x_offsets = (n * x_stride_n + s * x_stride_s)[:, None] + c64 * x_stride_c
         dy = tl.load(dy_ptr + dy_offsets, mask=mask, other=0.0).to(ACC)  # (BLOCK_R, BLOCK_C)
@@ -243,12 +256,15 @@ def grad_input_kernel(dy_ptr, x_ptr, dx_ptr, mean_ptr, rstd_ptr, weight_ptr, sum
     Grid (cdiv(m, BLOCK_R), cdiv(C, BLOCK_C)). Reads dy, and x in training (m * C * b bytes
     each), writes dx (m * C * b bytes).
     """
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r0 = tl.program_id(0).to(tl.int64) * BLOCK_R
+    rows = r0 + tl.arange(0, BLOCK_R)
     channels = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_mask = channels < C
     mask = (rows < M)[:, None] & c_mask[None, :]
-    n = rows // S
-    s = rows - n * S  # row r = n * S + s
+    n0 = r0 // S  # rows -> (n, s): 64 bits once per tile, then 32 (see the top)
+    t = (r0 - n0 * S).to(tl.int32) + tl.arange(0, BLOCK_R)
+    dn = t // S
+    n, s = n0 + dn, (t - dn * S).to(tl.int64)  # row r = n * S + s
     c64 = channels.to(tl.int64)[None, :]
     dy_offsets = (n * dy_stride_n + s * dy_stride_s)[:, None] + c64 * dy_stride_c
     dx_offsets = (n * dx_stride_n + s * dx_stride_s)[:, None] + c64 * dx_stride_c
